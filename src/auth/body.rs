@@ -1,0 +1,349 @@
+//! [`ReplayBody`]: the request body the inner service sees, which remembers what it sent
+//! (up to a limit) so that a request rejected with 401 can be sent again.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+/// Default replay limit: 64 KiB.
+///
+/// A request whose body is at most this large is kept (as shared `Bytes`, not copied when
+/// the body is already `Bytes`) while it is sent, so it can be replayed after a 401; a
+/// larger one streams through unrecorded and its 401 goes back to the caller. 64 KiB is
+/// linkerd's limit for the same purpose; Docplanner request bodies (a booking, a slot
+/// list) are a few KiB.
+pub const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
+
+pin_project! {
+    /// The request body handed to the inner service of [`BearerAuth`](crate::BearerAuth).
+    ///
+    /// It yields the caller's body unchanged (as [`Bytes`] chunks) and records it, up to
+    /// the replay limit, so that the request can be sent once more after a 401. The inner
+    /// service's request body type is therefore `ReplayBody<B>`; hyper-util's client infers
+    /// it, and any service generic over its body accepts it.
+    pub struct ReplayBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Empty,
+        Streaming {
+            #[pin]
+            body: B,
+            // None: too large to record.
+            tape: Option<Arc<Mutex<Tape>>>,
+        },
+        Replaying {
+            chunks: VecDeque<Bytes>,
+            trailers: Option<HeaderMap>,
+        },
+    }
+}
+
+/// What a streaming body has sent so far.
+#[derive(Debug)]
+pub(crate) struct Tape {
+    chunks: Vec<Bytes>,
+    size: usize,
+    limit: usize,
+    trailers: Option<HeaderMap>,
+    state: TapeState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TapeState {
+    Recording,
+    Complete,
+    /// Larger than the limit, or the body failed: cannot be replayed.
+    Lost,
+}
+
+/// The means to replay a request body, kept by the response future.
+#[derive(Debug)]
+pub(crate) enum Replay {
+    Empty,
+    Tape(Arc<Mutex<Tape>>),
+}
+
+impl<B> ReplayBody<B> {
+    /// Wrap `body`, recording it up to `limit` bytes. Returns the body to send and, when
+    /// the body may be replayable, the means to replay it.
+    pub(crate) fn new(body: B, limit: usize) -> (Self, Option<Replay>)
+    where
+        B: Body,
+    {
+        if body.is_end_stream() {
+            return (Self::empty(), Some(Replay::Empty));
+        }
+        if body.size_hint().lower() > limit as u64 {
+            let kind = Kind::Streaming { body, tape: None };
+            return (Self { kind }, None);
+        }
+        let tape = Arc::new(Mutex::new(Tape {
+            chunks: Vec::new(),
+            size: 0,
+            limit,
+            trailers: None,
+            state: TapeState::Recording,
+        }));
+        let kind = Kind::Streaming {
+            body,
+            tape: Some(Arc::clone(&tape)),
+        };
+        (Self { kind }, Some(Replay::Tape(tape)))
+    }
+
+    fn empty() -> Self {
+        Self { kind: Kind::Empty }
+    }
+}
+
+impl Replay {
+    /// The body to send again, if all of it was recorded.
+    pub(crate) fn body<B>(&self) -> Option<ReplayBody<B>> {
+        match self {
+            Replay::Empty => Some(ReplayBody::empty()),
+            Replay::Tape(tape) => {
+                let tape = tape.lock().unwrap_or_else(PoisonError::into_inner);
+                (tape.state == TapeState::Complete).then(|| ReplayBody {
+                    kind: Kind::Replaying {
+                        chunks: tape.chunks.iter().cloned().collect(),
+                        trailers: tape.trailers.clone(),
+                    },
+                })
+            }
+        }
+    }
+}
+
+impl Tape {
+    fn record(&mut self, frame: &Frame<Bytes>) {
+        if self.state != TapeState::Recording {
+            return;
+        }
+        if let Some(data) = frame.data_ref() {
+            self.size = self.size.saturating_add(data.len());
+            if self.size > self.limit {
+                self.lose();
+            } else {
+                self.chunks.push(data.clone());
+            }
+        } else if let Some(trailers) = frame.trailers_ref() {
+            self.trailers = Some(trailers.clone());
+        }
+    }
+
+    fn lose(&mut self) {
+        self.state = TapeState::Lost;
+        self.chunks = Vec::new();
+        self.trailers = None;
+    }
+
+    fn finish(&mut self) {
+        if self.state == TapeState::Recording {
+            self.state = TapeState::Complete;
+        }
+    }
+}
+
+fn with_tape(tape: &Option<Arc<Mutex<Tape>>>, f: impl FnOnce(&mut Tape)) {
+    if let Some(tape) = tape {
+        f(&mut tape.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+}
+
+impl<B> Body for ReplayBody<B>
+where
+    B: Body,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Empty => Poll::Ready(None),
+            KindProj::Streaming { mut body, tape } => {
+                let frame = ready!(body.as_mut().poll_frame(cx));
+                match frame {
+                    Some(Ok(frame)) => {
+                        let frame = frame.map_data(|mut data| data.copy_to_bytes(data.remaining()));
+                        // hyper stops polling once `is_end_stream` says so: the end of the
+                        // body may come without a final `None`.
+                        let ended = body.is_end_stream();
+                        with_tape(tape, |t| {
+                            t.record(&frame);
+                            if ended {
+                                t.finish();
+                            }
+                        });
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Some(Err(error)) => {
+                        with_tape(tape, Tape::lose);
+                        Poll::Ready(Some(Err(error)))
+                    }
+                    None => {
+                        with_tape(tape, Tape::finish);
+                        Poll::Ready(None)
+                    }
+                }
+            }
+            KindProj::Replaying { chunks, trailers } => {
+                if let Some(chunk) = chunks.pop_front() {
+                    Poll::Ready(Some(Ok(Frame::data(chunk))))
+                } else if let Some(trailers) = trailers.take() {
+                    Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                } else {
+                    Poll::Ready(None)
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Streaming { body, .. } => body.is_end_stream(),
+            Kind::Replaying { chunks, trailers } => chunks.is_empty() && trailers.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Streaming { body, .. } => body.size_hint(),
+            Kind::Replaying { chunks, .. } => {
+                SizeHint::with_exact(chunks.iter().map(|c| c.len() as u64).sum())
+            }
+        }
+    }
+}
+
+impl<B> From<Bytes> for ReplayBody<B> {
+    /// A body of these bytes (replayable as it is).
+    fn from(bytes: Bytes) -> Self {
+        let chunks = if bytes.is_empty() {
+            VecDeque::new()
+        } else {
+            VecDeque::from([bytes])
+        };
+        Self {
+            kind: Kind::Replaying {
+                chunks,
+                trailers: None,
+            },
+        }
+    }
+}
+
+impl<B> Default for ReplayBody<B> {
+    /// An empty body.
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl<B> fmt::Debug for ReplayBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Empty => "empty",
+            Kind::Streaming { tape: Some(_), .. } => "streaming (recorded)",
+            Kind::Streaming { tape: None, .. } => "streaming (not recorded)",
+            Kind::Replaying { .. } => "replaying",
+        };
+        f.debug_struct("ReplayBody").field("kind", &kind).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use http_body_util::{BodyExt, Empty, Full, StreamBody};
+
+    async fn collect<B: Body<Data = Bytes>>(body: B) -> Vec<u8>
+    where
+        B::Error: fmt::Debug,
+    {
+        body.collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    #[tokio::test]
+    async fn empty_and_full_replay() {
+        let (body, replay) = ReplayBody::new(Empty::<Bytes>::new(), 10);
+        assert!(body.is_end_stream());
+        assert!(replay
+            .unwrap()
+            .body::<Empty<Bytes>>()
+            .unwrap()
+            .is_end_stream());
+
+        let (body, replay) = ReplayBody::new(Full::new(Bytes::from_static(b"hello")), 10);
+        let replay = replay.unwrap();
+        assert!(replay.body::<Full<Bytes>>().is_none(), "not sent yet");
+        assert_eq!(collect(body).await, b"hello");
+        let again = replay.body::<Full<Bytes>>().unwrap();
+        assert_eq!(again.size_hint().exact(), Some(5));
+        assert_eq!(collect(again).await, b"hello");
+    }
+
+    #[tokio::test]
+    async fn streams_up_to_the_limit_with_trailers() {
+        let frames = vec![
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"ab"))),
+            Ok(Frame::data(Bytes::from_static(b"cd"))),
+            Ok(Frame::trailers(HeaderMap::new())),
+        ];
+        let stream = StreamBody::new(futures_util::stream::iter(frames));
+        let (body, replay) = ReplayBody::new(stream, 4);
+        assert_eq!(collect(body).await, b"abcd");
+        let again = replay.unwrap().body::<Full<Bytes>>().unwrap();
+        let collected = again.collect().await.unwrap();
+        assert!(collected.trailers().is_some());
+        assert_eq!(collected.to_bytes(), "abcd");
+    }
+
+    #[tokio::test]
+    async fn too_large_is_not_replayable() {
+        let frames = vec![
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"abc"))),
+            Ok(Frame::data(Bytes::from_static(b"def"))),
+        ];
+        let stream = StreamBody::new(futures_util::stream::iter(frames));
+        let (body, replay) = ReplayBody::new(stream, 4);
+        assert_eq!(collect(body).await, b"abcdef");
+        assert!(replay.unwrap().body::<Full<Bytes>>().is_none());
+
+        // known to be too large up front: not even recorded
+        let (_, replay) = ReplayBody::new(Full::new(Bytes::from_static(b"abcdef")), 4);
+        assert!(replay.is_none());
+    }
+
+    #[tokio::test]
+    async fn partly_sent_is_not_replayable() {
+        let frames = vec![
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"ab"))),
+            Ok(Frame::data(Bytes::from_static(b"cd"))),
+        ];
+        let stream = StreamBody::new(futures_util::stream::iter(frames));
+        let (mut body, replay) = ReplayBody::new(stream, 100);
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "ab");
+        drop(body);
+        assert!(replay.unwrap().body::<Full<Bytes>>().is_none());
+    }
+}

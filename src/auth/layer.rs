@@ -1,0 +1,87 @@
+//! [`BearerAuthLayer`]: the tower layer.
+
+use std::sync::Arc;
+
+use tower_layer::Layer;
+
+use super::body::DEFAULT_REPLAY_LIMIT;
+use super::service::BearerAuth;
+use crate::cache::TokenCache;
+use crate::error::Error;
+use crate::origin::Origin;
+
+/// Adds `Authorization: Bearer <token>` to every request, from a shared [`TokenCache`].
+///
+/// The token is only ever attached to `https` requests for the configured API host(s);
+/// anything else is refused with an error before the inner service or the token endpoint
+/// is called. See the [crate docs](crate) for the behaviour and an example.
+#[derive(Clone, Debug)]
+pub struct BearerAuthLayer {
+    pub(crate) config: Arc<Config>,
+}
+
+/// What every [`BearerAuth`] made by one layer shares.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) cache: TokenCache,
+    pub(crate) origins: Vec<Origin>,
+    pub(crate) allow_http_loopback: bool,
+    pub(crate) replay_limit: usize,
+}
+
+impl BearerAuthLayer {
+    /// A layer that authenticates requests to the host of `api_base` (for example
+    /// `https://www.doctoralia.es/api/v3/integration`) with tokens from `cache`.
+    ///
+    /// Fails when `api_base` is not an absolute `https` URL (or `http` to a loopback host,
+    /// which additionally needs [`allow_http_loopback`](Self::allow_http_loopback)).
+    pub fn new(cache: TokenCache, api_base: &str) -> Result<Self, Error> {
+        let origin = Origin::parse_config("API base", api_base)?;
+        Ok(Self {
+            config: Arc::new(Config {
+                cache,
+                origins: vec![origin],
+                allow_http_loopback: false,
+                replay_limit: DEFAULT_REPLAY_LIMIT,
+            }),
+        })
+    }
+
+    /// Also authenticate requests to the host of `api_base`.
+    pub fn allow_api_base(mut self, api_base: &str) -> Result<Self, Error> {
+        let origin = Origin::parse_config("API base", api_base)?;
+        Arc::make_mut(&mut self.config).origins.push(origin);
+        Ok(self)
+    }
+
+    /// Allow plain `http` requests to a configured loopback host (`127.0.0.0/8`, `::1`,
+    /// `localhost`), for tests against a local mock. Off by default; the fake Docplanner of
+    /// the `test-util` feature speaks HTTPS and does not need it.
+    pub fn allow_http_loopback(mut self, allow: bool) -> Self {
+        Arc::make_mut(&mut self.config).allow_http_loopback = allow;
+        self
+    }
+
+    /// The largest request body kept for a replay after a 401 (default
+    /// [`DEFAULT_REPLAY_LIMIT`], 64 KiB). `0` replays only empty bodies.
+    pub fn replay_limit(mut self, bytes: usize) -> Self {
+        Arc::make_mut(&mut self.config).replay_limit = bytes;
+        self
+    }
+
+    /// The cache the tokens come from.
+    pub fn cache(&self) -> &TokenCache {
+        &self.config.cache
+    }
+}
+
+impl<S> Layer<S> for BearerAuthLayer {
+    type Service = BearerAuth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BearerAuth {
+            inner,
+            config: Arc::clone(&self.config),
+        }
+    }
+}

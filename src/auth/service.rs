@@ -1,0 +1,120 @@
+//! [`BearerAuth`]: the tower service.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::uri::Scheme;
+use http::{Request, Response, Uri};
+use http_body::Body;
+use tower_service::Service;
+
+use super::body::ReplayBody;
+use super::future::ResponseFuture;
+use super::layer::{BearerAuthLayer, Config};
+use crate::error::{BoxError, Error, Kind};
+use crate::origin::is_loopback_host;
+
+/// Middleware that authenticates requests with a bearer token; see [`BearerAuthLayer`].
+///
+/// Its inner service receives `Request<ReplayBody<B>>` (the caller's body, recorded for a
+/// possible replay) and its error type is [`BoxError`]: errors of the inner service pass
+/// through unchanged, errors of this crate are a [`crate::Error`] inside.
+#[derive(Clone, Debug)]
+pub struct BearerAuth<S> {
+    pub(crate) inner: S,
+    pub(crate) config: Arc<Config>,
+}
+
+impl<S> BearerAuth<S> {
+    /// Wrap `inner` with the settings of `layer`.
+    pub fn new(inner: S, layer: &BearerAuthLayer) -> Self {
+        Self {
+            inner,
+            config: Arc::clone(&layer.config),
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B, RB> Service<Request<B>> for BearerAuth<S>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: Body,
+{
+    type Response = Response<RB>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, B>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        if let Err(error) = self.config.check(request.uri()) {
+            self.config.cache.count_refused();
+            tracing::warn!(%error, "request refused before sending");
+            return ResponseFuture::refused(error);
+        }
+        // Use the service that was polled ready; leave a fresh clone in its place.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::new(inner, &self.config, request)
+    }
+}
+
+impl Config {
+    /// May a token be attached to a request for `uri`? No allocation on success.
+    #[inline]
+    pub(crate) fn check(&self, uri: &Uri) -> Result<(), Error> {
+        let (Some(scheme), Some(host)) = (uri.scheme(), uri.host()) else {
+            return Err(Error::new(
+                Kind::HostNotAllowed,
+                "refused to attach the token to a request without an absolute URI: give the \
+                 full https://… URL (a base-URL layer must run before this one)",
+            ));
+        };
+        let https = *scheme == Scheme::HTTPS;
+        let default_port = if https { 443 } else { 80 };
+        let port = uri.port_u16().unwrap_or(default_port);
+        if !self.origins.iter().any(|o| o.matches(host, port)) {
+            return Err(Error::new(
+                Kind::HostNotAllowed,
+                format!(
+                    "refused to attach the token to a request for {host}:{port}: not a \
+                     configured API host ({:?}); add it with allow_api_base if it should \
+                     receive the token",
+                    self.origins
+                ),
+            ));
+        }
+        let loopback_ok =
+            self.allow_http_loopback && *scheme == Scheme::HTTP && is_loopback_host(host);
+        if !https && !loopback_ok {
+            return Err(Error::new(
+                Kind::InsecureScheme,
+                format!(
+                    "refused to attach the token to a {scheme}:// request for {host}: tokens \
+                     only travel over https (for a loopback test server, opt in with \
+                     allow_http_loopback(true))"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

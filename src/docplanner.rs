@@ -1,0 +1,253 @@
+//! Docplanner's markets: the 13 local domains (plus custom ones), their token URL and API
+//! base, and a one-line way to an authenticated client.
+//!
+//! ```
+//! use docplanner_auth::docplanner::Domain;
+//!
+//! let spain: Domain = "es".parse()?; // a country code, or a domain name
+//! assert_eq!(spain, Domain::Spain);
+//! assert_eq!(spain.token_url(), "https://www.doctoralia.es/oauth/v2/token");
+//! assert_eq!(spain.api_base(), "https://www.doctoralia.es/api/v3/integration");
+//! assert_eq!("jameda.de".parse::<Domain>()?, Domain::Germany);
+//! let new_market = Domain::custom("doctoralia.xx")?;
+//! assert_eq!(new_market.host(), "www.doctoralia.xx");
+//! # Ok::<(), docplanner_auth::Error>(())
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::Error;
+
+/// A Docplanner market: its local domain.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Domain {
+    /// Argentina, doctoraliar.com
+    Argentina,
+    /// Brazil, doctoralia.com.br
+    Brazil,
+    /// Chile, doctoralia.cl
+    Chile,
+    /// Colombia, doctoralia.co
+    Colombia,
+    /// Czechia, znamylekar.cz
+    Czechia,
+    /// Spain, doctoralia.es
+    Spain,
+    /// Italy, miodottore.it
+    Italy,
+    /// Mexico, doctoralia.mx
+    Mexico,
+    /// Peru, doctoralia.pe
+    Peru,
+    /// Portugal, doctoralia.com.pt
+    Portugal,
+    /// Turkey, doktortakvimi.com
+    Turkey,
+    /// Poland, znanylekarz.pl
+    Poland,
+    /// Germany, jameda.de
+    Germany,
+    /// Another domain (new markets appear): the bare domain name, without `www.`.
+    /// Build it with [`Domain::custom`] to have it checked.
+    Custom(String),
+}
+
+/// The 13 markets known to this version, with country code and name.
+const MARKETS: [(Domain, &str, &str, &str); 13] = [
+    (Domain::Argentina, "doctoraliar.com", "ar", "Argentina"),
+    (Domain::Brazil, "doctoralia.com.br", "br", "Brazil"),
+    (Domain::Chile, "doctoralia.cl", "cl", "Chile"),
+    (Domain::Colombia, "doctoralia.co", "co", "Colombia"),
+    (Domain::Czechia, "znamylekar.cz", "cz", "Czechia"),
+    (Domain::Spain, "doctoralia.es", "es", "Spain"),
+    (Domain::Italy, "miodottore.it", "it", "Italy"),
+    (Domain::Mexico, "doctoralia.mx", "mx", "Mexico"),
+    (Domain::Peru, "doctoralia.pe", "pe", "Peru"),
+    (Domain::Portugal, "doctoralia.com.pt", "pt", "Portugal"),
+    (Domain::Turkey, "doktortakvimi.com", "tr", "Turkey"),
+    (Domain::Poland, "znanylekarz.pl", "pl", "Poland"),
+    (Domain::Germany, "jameda.de", "de", "Germany"),
+];
+
+impl Domain {
+    /// The 13 local domains known to this version.
+    pub fn all() -> impl Iterator<Item = Domain> {
+        MARKETS.into_iter().map(|(domain, ..)| domain)
+    }
+
+    /// A custom domain, checked: a DNS name such as `doctoralia.xx` (no scheme, no `www.`,
+    /// no port, no path).
+    pub fn custom(name: &str) -> Result<Self, Error> {
+        let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+        let name = name.strip_prefix("www.").unwrap_or(&name).to_owned();
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
+        if name.len() > 253 || !name.contains('.') || !name.split('.').all(label_ok) {
+            return Err(Error::config(format!(
+                "`{name}` is not a Docplanner domain: give a domain name such as doctoralia.es, \
+                 or a country code (ar br cl co cz es it mx pe pt tr pl de)"
+            )));
+        }
+        Ok(match MARKETS.iter().find(|(_, known, ..)| *known == name) {
+            Some((known, ..)) => known.clone(),
+            None => Domain::Custom(name),
+        })
+    }
+
+    fn market(&self) -> Option<&'static (Domain, &'static str, &'static str, &'static str)> {
+        MARKETS.iter().find(|(d, ..)| d == self)
+    }
+
+    /// The domain name, e.g. `doctoralia.es`.
+    pub fn name(&self) -> &str {
+        match self {
+            Domain::Custom(name) => name,
+            known => known.market().map_or("", |m| m.1),
+        }
+    }
+
+    /// The ISO 3166 country code (`es`), for the 13 known markets.
+    pub fn country_code(&self) -> Option<&'static str> {
+        self.market().map(|m| m.2)
+    }
+
+    /// The country's English name, for the 13 known markets.
+    pub fn country(&self) -> Option<&'static str> {
+        self.market().map(|m| m.3)
+    }
+
+    /// The host of both the token endpoint and the API: `www.{domain}`.
+    pub fn host(&self) -> String {
+        format!("www.{}", self.name())
+    }
+
+    /// `https://www.{domain}/oauth/v2/token`
+    pub fn token_url(&self) -> String {
+        format!("https://www.{}/oauth/v2/token", self.name())
+    }
+
+    /// `https://www.{domain}/api/v3/integration`
+    pub fn api_base(&self) -> String {
+        format!("https://www.{}/api/v3/integration", self.name())
+    }
+}
+
+impl fmt::Display for Domain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Domain {
+    type Err = Error;
+
+    /// A country code (`es`, case-insensitive) or a domain name (`doctoralia.es`,
+    /// `www.doctoralia.es`, or a new one).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let trimmed = s.trim();
+        if let Some((domain, ..)) = MARKETS
+            .iter()
+            .find(|(_, _, code, _)| code.eq_ignore_ascii_case(trimmed))
+        {
+            return Ok(domain.clone());
+        }
+        Domain::custom(trimmed)
+    }
+}
+
+#[cfg(feature = "client")]
+mod one_line {
+    use http_body::Body;
+
+    use super::Domain;
+    use crate::client::{https_client, HttpsClient};
+    use crate::error::{BoxError, Error};
+    use crate::{BearerAuth, BearerAuthLayer, ClientCredentials, ReplayBody, TokenCache};
+
+    /// A token cache for `domain`'s token endpoint, fetching over the built-in HTTPS
+    /// client. Share it between stacks so they use one token.
+    #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+    pub fn cache(
+        domain: &Domain,
+        client_id: &str,
+        client_secret: &str,
+    ) -> Result<TokenCache, Error> {
+        let http = https_client::<http_body_util::Full<bytes::Bytes>>()?;
+        let source = ClientCredentials::new(http, &domain.token_url(), client_id, client_secret)?;
+        Ok(TokenCache::new(source))
+    }
+
+    /// A ready layer for `domain`: tokens from its token endpoint (over the built-in
+    /// HTTPS client), attached to requests for `https://www.{domain}` only.
+    #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+    pub fn layer(
+        domain: &Domain,
+        client_id: &str,
+        client_secret: &str,
+    ) -> Result<BearerAuthLayer, Error> {
+        BearerAuthLayer::new(cache(domain, client_id, client_secret)?, &domain.api_base())
+    }
+
+    /// A ready HTTPS client for `domain` whose every request is authenticated: the
+    /// one-liner. `B` is your request body type (`Full<Bytes>` is the usual one).
+    #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+    pub fn client<B>(
+        domain: Domain,
+        client_id: &str,
+        client_secret: &str,
+    ) -> Result<BearerAuth<HttpsClient<ReplayBody<B>>>, Error>
+    where
+        B: Body + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let layer = layer(&domain, client_id, client_secret)?;
+        Ok(BearerAuth::new(https_client()?, &layer))
+    }
+}
+
+#[cfg(feature = "client")]
+pub use one_line::{cache, client, layer};
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn thirteen_markets_round_trip() {
+        assert_eq!(Domain::all().count(), 13);
+        for d in Domain::all() {
+            assert_eq!(d.name().parse::<Domain>().unwrap(), d);
+            assert_eq!(d.country_code().unwrap().parse::<Domain>().unwrap(), d);
+            assert_eq!(d.host().parse::<Domain>().unwrap(), d);
+            assert!(d.token_url().starts_with("https://www."));
+        }
+    }
+
+    #[test]
+    fn custom_domains_are_checked() {
+        assert_eq!(
+            Domain::custom("Doctoralia.XX").unwrap(),
+            Domain::Custom("doctoralia.xx".into())
+        );
+        for bad in [
+            "",
+            "nodot",
+            "https://x.com",
+            "x.com/path",
+            "x.com:443",
+            "-a.com",
+            "a..com",
+            "a b.com",
+        ] {
+            assert!(Domain::custom(bad).unwrap_err().is_config(), "{bad}");
+        }
+    }
+}

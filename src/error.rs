@@ -1,0 +1,308 @@
+//! The one error type of this crate.
+//!
+//! [`Error`] has a private kind and public predicates ([`Error::is_transient`],
+//! [`Error::is_credentials`], [`Error::is_insecure_scheme`], …). Its `Display` is one
+//! sentence that says what happened and what to do; the underlying cause, when there is
+//! one, is reachable through [`std::error::Error::source`] and is not repeated in the
+//! message. An `Error` is cheap to clone: one refresh failure is handed to every waiter as
+//! the same shared value, not fetched again per waiter.
+//!
+//! No message ever contains a client secret or a token: messages are built from our own
+//! words plus, for token-endpoint errors, the server's OAuth error code and a shortened,
+//! scrubbed description.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// A boxed error, as tower uses for middleware errors.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong while obtaining or attaching a token.
+///
+/// The service error of [`BearerAuth`](crate::BearerAuth) is [`BoxError`]: errors of the
+/// inner service pass through unchanged, and errors of this crate are an `Error` inside it
+/// (`err.downcast_ref::<docplanner_auth::Error>()`).
+///
+/// ```
+/// use docplanner_auth::Error;
+///
+/// fn describe(err: &Error) -> &'static str {
+///     if err.is_credentials() {
+///         "fix the client id/secret"
+///     } else if err.is_transient() {
+///         "Docplanner is having a moment; it heals by itself"
+///     } else {
+///         "see the message"
+///     }
+/// }
+/// # let _ = describe;
+/// ```
+#[derive(Clone)]
+pub struct Error {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: Kind,
+    message: String,
+    retry_after: Option<Duration>,
+    source: Option<BoxError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// The token endpoint answered with an OAuth2 error body (`invalid_client`, …).
+    OAuth { status: StatusCode, code: String },
+    /// The token endpoint answered a non-success status without an OAuth2 error body.
+    Status(StatusCode),
+    /// The token request did not complete within the token request timeout.
+    Timeout,
+    /// The HTTP client could not send the token request or read its answer.
+    Transport,
+    /// The token endpoint answered success with a body we cannot use.
+    InvalidResponse,
+    /// The refresh task ended without an answer (runtime shutting down, or it panicked).
+    RefreshAborted,
+    /// A request was refused because its URI is not `https`.
+    InsecureScheme,
+    /// A request was refused because its host is not a configured API host.
+    HostNotAllowed,
+    /// The configuration given to a constructor is not usable.
+    Config,
+}
+
+impl Error {
+    pub(crate) fn new(kind: Kind, message: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                kind,
+                message: message.into(),
+                retry_after: None,
+                source: None,
+            }),
+        }
+    }
+
+    pub(crate) fn with_source(kind: Kind, message: impl Into<String>, source: BoxError) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                kind,
+                message: message.into(),
+                retry_after: None,
+                source: Some(source),
+            }),
+        }
+    }
+
+    /// The error of a [`TokenSource`](crate::TokenSource): ours as it is, anything else
+    /// wrapped as a transient failure of the source.
+    pub(crate) fn from_source(error: BoxError) -> Self {
+        match error.downcast::<Error>() {
+            Ok(ours) => *ours,
+            Err(other) => Self::with_source(
+                Kind::Transport,
+                "the token source failed (see the source error); retrying with backoff",
+                other,
+            ),
+        }
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Self::new(Kind::Config, message)
+    }
+
+    /// Attach the delay the server asked for (`Retry-After`). Only called while building
+    /// a fresh error, when the `Arc` is still unique.
+    pub(crate) fn retrying_after(mut self, delay: Option<Duration>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.retry_after = delay;
+        }
+        self
+    }
+
+    /// The error happened while obtaining a token from the token endpoint (as opposed to
+    /// a request refused before sending, or a configuration error).
+    pub fn is_token_endpoint(&self) -> bool {
+        matches!(
+            self.inner.kind,
+            Kind::OAuth { .. }
+                | Kind::Status(_)
+                | Kind::Timeout
+                | Kind::Transport
+                | Kind::InvalidResponse
+                | Kind::RefreshAborted
+        )
+    }
+
+    /// Retrying later may succeed without anyone changing anything: a 5xx, 429 or 408
+    /// answer, a timeout, a connection error, an interrupted refresh.
+    pub fn is_transient(&self) -> bool {
+        match &self.inner.kind {
+            Kind::Status(status) | Kind::OAuth { status, .. } => is_transient_status(*status),
+            Kind::Timeout | Kind::Transport | Kind::RefreshAborted => true,
+            _ => false,
+        }
+    }
+
+    /// The token endpoint failed in a way that needs a person: rejected credentials, a
+    /// scope the client may not use, a malformed answer. Retrying soon will not help.
+    pub fn is_permanent(&self) -> bool {
+        self.is_token_endpoint() && !self.is_transient()
+    }
+
+    /// The token endpoint rejected the client id or secret (`invalid_client`,
+    /// `unauthorized_client`, or a 401 from the token endpoint).
+    pub fn is_credentials(&self) -> bool {
+        match &self.inner.kind {
+            Kind::OAuth { code, status } => {
+                code == "invalid_client"
+                    || code == "unauthorized_client"
+                    || *status == StatusCode::UNAUTHORIZED
+            }
+            Kind::Status(status) => *status == StatusCode::UNAUTHORIZED,
+            _ => false,
+        }
+    }
+
+    /// The token request did not complete within the token request timeout.
+    pub fn is_timeout(&self) -> bool {
+        self.inner.kind == Kind::Timeout
+    }
+
+    /// The token endpoint answered success, but with a body that is not a usable token
+    /// (not JSON, no `access_token`, not a bearer token, absurd `expires_in`, …).
+    pub fn is_invalid_response(&self) -> bool {
+        self.inner.kind == Kind::InvalidResponse
+    }
+
+    /// A request was refused before it was sent because its URI is not `https` (or is
+    /// `http` to a non-loopback host with the loopback opt-in).
+    pub fn is_insecure_scheme(&self) -> bool {
+        self.inner.kind == Kind::InsecureScheme
+    }
+
+    /// A request was refused before it was sent because its host is not one of the
+    /// configured API hosts.
+    pub fn is_host_not_allowed(&self) -> bool {
+        self.inner.kind == Kind::HostNotAllowed
+    }
+
+    /// A constructor was given an unusable configuration (bad URL, empty client id, …).
+    pub fn is_config(&self) -> bool {
+        self.inner.kind == Kind::Config
+    }
+
+    /// The HTTP status the token endpoint answered, when the error comes from one.
+    pub fn status(&self) -> Option<StatusCode> {
+        match &self.inner.kind {
+            Kind::Status(status) | Kind::OAuth { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The OAuth2 `error` code the token endpoint answered (`invalid_client`, …).
+    pub fn oauth_error(&self) -> Option<&str> {
+        match &self.inner.kind {
+            Kind::OAuth { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// The delay the token endpoint asked for with `Retry-After`, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.inner.retry_after
+    }
+}
+
+pub(crate) fn is_transient_status(status: StatusCode) -> bool {
+    status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.inner.message)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.inner.kind)
+            .field("message", &self.inner.message);
+        if let Some(delay) = self.inner.retry_after {
+            d.field("retry_after", &delay);
+        }
+        if let Some(source) = &self.inner.source {
+            d.field("source", &format_args!("{source}"));
+        }
+        d.finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .source
+            .as_ref()
+            .map(|e| &**e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Shorten text that came from a server (an error description) to something fit for a
+/// one-line message: printable characters only, at most `max` characters, and never a
+/// known secret.
+pub(crate) fn scrub(text: &str, max: usize, secrets: &[&str]) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max)
+        .collect();
+    if text.chars().count() > max {
+        out.push('…');
+    }
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        if out.contains(secret) {
+            out = out.replace(secret, "[redacted]");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predicates_follow_the_kind() {
+        let e = Error::new(
+            Kind::OAuth {
+                status: StatusCode::BAD_REQUEST,
+                code: "invalid_client".into(),
+            },
+            "x",
+        );
+        assert!(e.is_token_endpoint() && e.is_credentials() && e.is_permanent());
+        assert!(!e.is_transient());
+        assert_eq!(e.oauth_error(), Some("invalid_client"));
+
+        let e = Error::new(Kind::Status(StatusCode::SERVICE_UNAVAILABLE), "x")
+            .retrying_after(Some(Duration::from_secs(7)));
+        assert!(e.is_transient() && !e.is_permanent());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+
+        let e = Error::new(Kind::InsecureScheme, "x");
+        assert!(e.is_insecure_scheme() && !e.is_token_endpoint() && !e.is_permanent());
+    }
+
+    #[test]
+    fn scrub_shortens_flattens_and_redacts() {
+        let s = scrub("line\none s3cret and more", 100, &["s3cret"]);
+        assert_eq!(s, "line one [redacted] and more");
+        assert_eq!(scrub("abcdef", 3, &[]), "abc…");
+    }
+}

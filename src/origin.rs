@@ -1,0 +1,147 @@
+//! Where a secret may travel: the origin (scheme, host, port) checks shared by the token
+//! URL of [`ClientCredentials`](crate::ClientCredentials) and the API hosts of
+//! [`BearerAuthLayer`](crate::BearerAuthLayer).
+
+use std::fmt;
+use std::net::IpAddr;
+
+use http::uri::Scheme;
+use http::Uri;
+
+use crate::error::{Error, Kind};
+
+/// The host and port a token may be sent to.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Origin {
+    https: bool,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    /// The origin of an absolute `http(s)` URL given in configuration.
+    pub(crate) fn parse_config(what: &str, url: &str) -> Result<Self, Error> {
+        let uri: Uri = url.parse().map_err(|_| {
+            Error::config(format!(
+                "the {what} `{url}` is not a valid URL: give an absolute URL such as \
+                 https://www.doctoralia.es/api/v3/integration"
+            ))
+        })?;
+        let https = match uri.scheme() {
+            Some(s) if *s == Scheme::HTTPS => true,
+            Some(s) if *s == Scheme::HTTP => false,
+            _ => {
+                return Err(Error::config(format!(
+                    "the {what} `{url}` must be an absolute https:// URL"
+                )))
+            }
+        };
+        let host = uri
+            .host()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| Error::config(format!("the {what} `{url}` has no host")))?;
+        let origin = Self {
+            https,
+            host: host.to_ascii_lowercase(),
+            port: uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
+        };
+        if !https && !origin.is_loopback() {
+            return Err(Error::new(
+                Kind::InsecureScheme,
+                format!(
+                    "the {what} `{url}` is plain http: secrets only travel over https \
+                     (plain http is accepted for loopback test servers only, with \
+                     allow_http_loopback)"
+                ),
+            ));
+        }
+        Ok(origin)
+    }
+
+    pub(crate) fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub(crate) fn is_https(&self) -> bool {
+        self.https
+    }
+
+    pub(crate) fn is_loopback(&self) -> bool {
+        is_loopback_host(&self.host)
+    }
+
+    /// Whether `uri` points at this origin's host and port (scheme aside). No allocation.
+    #[inline]
+    pub(crate) fn matches(&self, host: &str, port: u16) -> bool {
+        self.port == port && self.host.eq_ignore_ascii_case(host)
+    }
+}
+
+impl fmt::Debug for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.https { "https" } else { "http" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
+/// `localhost`, `127.0.0.0/8` or `::1`.
+pub(crate) fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Check that `origin` may receive a secret now: https, or http to loopback with the
+/// explicit opt-in.
+pub(crate) fn require_secure(
+    origin: &Origin,
+    allow_http_loopback: bool,
+    what: &str,
+) -> Result<(), Error> {
+    if origin.is_https() || (allow_http_loopback && origin.is_loopback()) {
+        Ok(())
+    } else {
+        Err(Error::new(
+            Kind::InsecureScheme,
+            format!(
+                "the {what} {origin:?} is plain http: secrets only travel over https (for a \
+                 loopback test server, opt in with allow_http_loopback(true))"
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for h in ["localhost", "127.0.0.1", "127.9.9.9", "[::1]", "LOCALHOST"] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in ["example.com", "10.0.0.1", "localhost.evil.com", "[::2]"] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn config_origins() {
+        let o = Origin::parse_config("API base", "https://WWW.Doctoralia.es/api").unwrap();
+        assert!(o.matches("www.doctoralia.es", 443));
+        assert!(!o.matches("www.doctoralia.es", 8443));
+        assert!(Origin::parse_config("x", "http://127.0.0.1:8080").is_ok());
+        let e = Origin::parse_config("x", "http://www.doctoralia.es").unwrap_err();
+        assert!(e.is_insecure_scheme());
+        assert!(Origin::parse_config("x", "/relative")
+            .unwrap_err()
+            .is_config());
+        assert!(Origin::parse_config("x", "ftp://h")
+            .unwrap_err()
+            .is_config());
+        assert!(Origin::parse_config("x", "not a url")
+            .unwrap_err()
+            .is_config());
+    }
+}
