@@ -254,23 +254,44 @@ impl std::error::Error for Error {
 }
 
 /// Shorten text that came from a server (an error description) to something fit for a
-/// one-line message: printable characters only, at most `max` characters, and never a
-/// known secret.
+/// one-line message: printable characters only, at most `max` characters, never a known
+/// secret, and never a word that looks like a credential (16 or more token characters
+/// mixing letters and digits), since a server may echo a token we cannot know of.
 pub(crate) fn scrub(text: &str, max: usize, secrets: &[&str]) -> String {
-    let mut out: String = text
+    let mut flat: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
-        .take(max)
         .collect();
-    if text.chars().count() > max {
-        out.push('…');
-    }
     for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        if out.contains(secret) {
-            out = out.replace(secret, "[redacted]");
+        if flat.contains(secret) {
+            flat = flat.replace(secret, "[redacted]");
         }
     }
+    let words: Vec<String> = flat
+        .split(' ')
+        .map(|word| {
+            if looks_like_credential(word) {
+                "[redacted]".to_owned()
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect();
+    let joined = words.join(" ");
+    let mut out: String = joined.chars().take(max).collect();
+    if joined.chars().count() > max {
+        out.push('…');
+    }
     out
+}
+
+fn looks_like_credential(word: &str) -> bool {
+    let core = word.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    let token_char = |c: char| c.is_ascii_alphanumeric() || "-._~+/=".contains(c);
+    core.len() >= 16
+        && core.chars().all(token_char)
+        && core.chars().any(|c| c.is_ascii_digit())
+        && core.chars().any(|c| c.is_ascii_alphabetic())
 }
 
 #[cfg(test)]
@@ -304,5 +325,9 @@ mod tests {
         let s = scrub("line\none s3cret and more", 100, &["s3cret"]);
         assert_eq!(s, "line one [redacted] and more");
         assert_eq!(scrub("abcdef", 3, &[]), "abc…");
+        let s = scrub("token fake-1-63be29759c1e1aa1, expired.", 100, &[]);
+        assert_eq!(s, "token [redacted] expired.");
+        let s = scrub("The client credentials are invalid", 100, &[]);
+        assert_eq!(s, "The client credentials are invalid");
     }
 }

@@ -91,6 +91,7 @@
 //! # Minimum supported Rust version
 //!
 //! Rust 1.85.
+#![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod auth;

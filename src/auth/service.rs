@@ -90,19 +90,6 @@ impl Config {
             ));
         };
         let https = *scheme == Scheme::HTTPS;
-        let default_port = if https { 443 } else { 80 };
-        let port = uri.port_u16().unwrap_or(default_port);
-        if !self.origins.iter().any(|o| o.matches(host, port)) {
-            return Err(Error::new(
-                Kind::HostNotAllowed,
-                format!(
-                    "refused to attach the token to a request for {host}:{port}: not a \
-                     configured API host ({:?}); add it with allow_api_base if it should \
-                     receive the token",
-                    self.origins
-                ),
-            ));
-        }
         let loopback_ok =
             self.allow_http_loopback && *scheme == Scheme::HTTP && is_loopback_host(host);
         if !https && !loopback_ok {
@@ -112,6 +99,18 @@ impl Config {
                     "refused to attach the token to a {scheme}:// request for {host}: tokens \
                      only travel over https (for a loopback test server, opt in with \
                      allow_http_loopback(true))"
+                ),
+            ));
+        }
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        if !self.origins.iter().any(|o| o.matches(host, port)) {
+            return Err(Error::new(
+                Kind::HostNotAllowed,
+                format!(
+                    "refused to attach the token to a request for {host}:{port}: not a \
+                     configured API host ({:?}); add it with allow_api_base if it should \
+                     receive the token",
+                    self.origins
                 ),
             ));
         }

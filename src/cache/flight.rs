@@ -43,7 +43,7 @@ impl Flight {
 
     /// No refresh is running and the backoff does not forbid starting one.
     fn may_start(&self, now: Instant) -> bool {
-        !self.is_running() && !self.retry_at.is_some_and(|at| now < at)
+        !self.is_running() && self.retry_at.is_none_or(|at| now >= at)
     }
 
     pub(super) fn forced_too_recently(&self, now: Instant, interval: Duration) -> bool {

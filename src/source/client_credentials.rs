@@ -15,13 +15,10 @@ use tracing::Instrument as _;
 use zeroize::Zeroizing;
 
 use super::response::{parse, Context};
-use super::{TokenSource, MAX_TOKEN_RESPONSE_BYTES};
+use super::{TokenSource, DEFAULT_SCOPE, MAX_TOKEN_RESPONSE_BYTES};
 use crate::error::{BoxError, Error, Kind};
 use crate::origin::{require_secure, Origin};
 use crate::token::AccessToken;
-
-/// The scope Docplanner integrations ask for.
-pub const DEFAULT_SCOPE: &str = "integration";
 
 /// The OAuth2 client-credentials grant (RFC 6749 §4.4) over any tower HTTP service `C`.
 ///

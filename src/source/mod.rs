@@ -26,7 +26,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-pub use self::client_credentials::{ClientCredentials, ClientCredentialsBuilder, DEFAULT_SCOPE};
+pub use self::client_credentials::{ClientCredentials, ClientCredentialsBuilder};
+
+/// The scope Docplanner integrations ask for.
+pub const DEFAULT_SCOPE: &str = "integration";
 #[doc(hidden)]
 pub use self::response::parse_token_response;
 

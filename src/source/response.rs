@@ -73,13 +73,15 @@ pub(crate) fn parse(
         Some(Value::String(token)) if !token.is_empty() => token.clone(),
         Some(Value::String(_)) => {
             return Err(invalid(format!(
-                "the token endpoint {} returned an empty access_token",
+                "the token endpoint {} returned an empty access_token: check that this client \
+                 may use the client-credentials grant",
                 cx.host
             )))
         }
         Some(_) => {
             return Err(invalid(format!(
-                "the token endpoint {} returned an access_token that is not a string",
+                "the token endpoint {} returned an access_token that is not a string: check \
+                 the token URL",
                 cx.host
             )))
         }
@@ -130,7 +132,7 @@ fn lifetime(object: &Map<String, Value>, cx: &Context<'_>) -> Result<Duration, E
                 return Err(bad(&format!("= {n} (negative)")));
             } else {
                 match n.as_f64() {
-                    Some(f) if f.is_finite() && f >= 1.0 && f < 1.0e15 => f as u64,
+                    Some(f) if (1.0..1.0e15).contains(&f) => f as u64,
                     Some(f) if f.is_finite() && f <= 0.0 => return Err(bad(&format!("= {n}"))),
                     _ => return Err(bad(&format!("= {n} (out of range)"))),
                 }
@@ -179,6 +181,10 @@ fn oauth_error(
         "unauthorized_client" => format!(
             "this client may not use the client-credentials grant on {domain}: ask Docplanner \
              to enable it"
+        ),
+        "invalid_scope" if cx.scope == super::DEFAULT_SCOPE => format!(
+            "the scope `integration` was refused: ask Docplanner to enable integrations for \
+             this client on {domain}"
         ),
         "invalid_scope" => format!(
             "the scope `{}` was refused: Docplanner integrations use the scope `integration`",
@@ -249,6 +255,8 @@ fn describe_body(headers: &HeaderMap, body: &[u8]) -> String {
         .unwrap_or("");
     if body.is_empty() {
         "an empty body".to_owned()
+    } else if serde_json::from_slice::<Value>(body).is_ok() {
+        "JSON that is not an object".to_owned()
     } else if content_type.contains("html") || body.trim_ascii_start().starts_with(b"<") {
         "an HTML page".to_owned()
     } else {

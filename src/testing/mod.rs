@@ -164,7 +164,7 @@ impl FakeDocplanner {
     /// The client-credentials source for this fake, boxed so both transports share a type.
     pub fn credentials(&self) -> Result<ClientCredentials<FakeTransport>, BoxError> {
         let transport = if self.certificate.is_some() {
-            FakeTransport::Https(self.client()?)
+            FakeTransport::Https(Box::new(self.client()?))
         } else {
             FakeTransport::InProcess(self.service())
         };
@@ -218,6 +218,11 @@ impl FakeDocplanner {
     /// rejects a request for reasons other than the token).
     pub fn set_api_always_401(&self, on: bool) {
         self.state.set_always_401(on);
+    }
+
+    /// Every API request waits this long before it is checked and answered (default 0).
+    pub fn set_api_latency(&self, latency: Duration) {
+        self.state.set_api_latency(latency);
     }
 
     /// The next `times` token requests fail with `fault` (queued after earlier ones).
@@ -354,7 +359,7 @@ impl fmt::Debug for FakeService {
 #[derive(Clone, Debug)]
 pub enum FakeTransport {
     /// Over real HTTPS, trusting the fake's certificate.
-    Https(HttpsClient<Full<Bytes>>),
+    Https(Box<HttpsClient<Full<Bytes>>>),
     /// In process.
     InProcess(FakeService),
 }

@@ -129,6 +129,7 @@ pub(crate) struct State {
     last_token: Mutex<Option<String>>,
     reissue: AtomicBool,
     always_401: AtomicBool,
+    api_latency: Mutex<Duration>,
     faults: Mutex<Faults>,
     counters: Counters,
     pub(crate) https_port: AtomicU64,
@@ -153,6 +154,7 @@ impl State {
             last_token: Mutex::new(None),
             reissue: AtomicBool::new(false),
             always_401: AtomicBool::new(false),
+            api_latency: Mutex::new(Duration::ZERO),
             faults: Mutex::new(Faults {
                 once: VecDeque::new(),
                 always: None,
@@ -178,6 +180,10 @@ impl State {
 
     pub(crate) fn set_always_401(&self, on: bool) {
         self.always_401.store(on, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_api_latency(&self, latency: Duration) {
+        *lock(&self.api_latency) = latency;
     }
 
     pub(crate) fn fault_next(&self, times: usize, fault: TokenFault) {
@@ -228,6 +234,10 @@ impl State {
             return self.token(&parts.method, &parts.headers, &body).await;
         }
         if let Some(route) = path.strip_prefix(API_PREFIX) {
+            let latency = *lock(&self.api_latency);
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
             return self.api(&parts.method, route, &parts.headers, &body);
         }
         api_error(StatusCode::NOT_FOUND, "No route found")

@@ -1,0 +1,205 @@
+//! Where a token may go (https, configured hosts only) and what may be printed (never a
+//! secret or a token).
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use docplanner_auth::testing::{FakeDocplanner, TokenFault};
+use docplanner_auth::{
+    AccessToken, BearerAuthLayer, BoxError, ClientCredentials, Error, ReplayBody, TokenCache,
+};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use support::in_process;
+use tower::{service_fn, Layer, ServiceExt};
+
+fn error_of(result: Result<impl std::fmt::Debug, BoxError>) -> Error {
+    let boxed = result.unwrap_err();
+    boxed
+        .downcast_ref::<Error>()
+        .cloned()
+        .unwrap_or_else(|| panic!("not ours: {boxed}"))
+}
+
+#[tokio::test]
+async fn no_token_for_plain_http_foreign_hosts_or_relative_uris() {
+    let s = in_process();
+    let refused = [
+        (
+            "http://www.fake-docplanner.test/api/v3/integration/facilities",
+            "insecure",
+        ),
+        ("https://evil.example/api/v3/integration/facilities", "host"),
+        (
+            "https://www.fake-docplanner.test:8443/api/v3/integration/facilities",
+            "host",
+        ),
+        ("https://www.fake-docplanner.test.evil.example/x", "host"),
+        ("/api/v3/integration/facilities", "host"),
+    ];
+    for (uri, why) in refused {
+        let request = Request::get(uri).body(Full::<Bytes>::default()).unwrap();
+        let error = error_of(s.client.clone().oneshot(request).await);
+        match why {
+            "insecure" => assert!(error.is_insecure_scheme(), "{uri}: {error}"),
+            _ => assert!(error.is_host_not_allowed(), "{uri}: {error}"),
+        }
+        assert!(
+            error.to_string().starts_with("refused to attach the token"),
+            "{error}"
+        );
+    }
+    let fake = s.fake.stats();
+    assert_eq!(fake.api_requests, 0, "the inner service was never called");
+    assert_eq!(
+        fake.token_requests, 0,
+        "the token endpoint was never called"
+    );
+    assert_eq!(s.cache.stats().refused_requests, 5);
+}
+
+/// Plain http reaches a loopback host only with the explicit opt-in.
+#[tokio::test]
+async fn http_to_loopback_needs_the_opt_in() {
+    let cache = TokenCache::new(|| async {
+        Ok::<_, BoxError>(AccessToken::new("loop-token", Duration::from_secs(60))?)
+    });
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = Arc::clone(&calls);
+    let inner = service_fn(move |request: Request<ReplayBody<Full<Bytes>>>| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(request.headers()["authorization"], "Bearer loop-token");
+        async { Ok::<_, BoxError>(Response::new(Full::<Bytes>::default())) }
+    });
+    let uri = "http://127.0.0.1:9999/api/v3/integration/facilities";
+    let get = || Request::get(uri).body(Full::<Bytes>::default()).unwrap();
+
+    let layer = BearerAuthLayer::new(cache.clone(), "http://127.0.0.1:9999").unwrap();
+    let error = error_of(layer.layer(inner.clone()).oneshot(get()).await);
+    assert!(error.is_insecure_scheme(), "{error}");
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+
+    let layer = layer.allow_http_loopback(true);
+    let response = layer.layer(inner.clone()).oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // The opt-in never extends to other hosts.
+    let error = BearerAuthLayer::new(cache, "http://www.doctoralia.es").unwrap_err();
+    assert!(error.is_insecure_scheme());
+}
+
+#[test]
+fn the_token_url_must_be_https() {
+    let e = ClientCredentials::new(
+        (),
+        "http://www.doctoralia.es/oauth/v2/token",
+        "id",
+        "secret",
+    )
+    .unwrap_err();
+    assert!(e.is_insecure_scheme(), "{e}");
+    let e = ClientCredentials::new((), "http://127.0.0.1:1/oauth/v2/token", "id", "secret")
+        .unwrap_err();
+    assert!(e.is_insecure_scheme(), "{e}");
+    assert!(
+        ClientCredentials::builder("http://127.0.0.1:1/oauth/v2/token", "id", "secret")
+            .allow_http_loopback(true)
+            .build(())
+            .is_ok()
+    );
+}
+
+const SECRET: &str = "S3cr3t-Client-Secret-0f9a";
+
+/// Debug and Display of every public type, and of the errors a failing token endpoint
+/// produces (one of which echoes the secret), never contain the secret or a token.
+#[tokio::test]
+async fn nothing_prints_a_secret_or_a_token() {
+    let fake = FakeDocplanner::builder()
+        .client_id("clinic-42")
+        .client_secret(SECRET)
+        .in_process();
+    let cache = fake.cache().unwrap();
+    let token = cache.token().await.unwrap();
+    let token_string = token.secret().to_owned();
+    assert!(token_string.starts_with("fake-"));
+
+    let layer = fake.layer(cache.clone()).unwrap();
+    let service = layer.clone().layer(fake.service());
+    let request = Request::get(format!("{}/facilities", fake.api_base()))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let future = service.clone().oneshot(request);
+    let credentials = fake.credentials().unwrap();
+    let builder = ClientCredentials::builder(&fake.token_url(), "clinic-42", SECRET);
+    let cache_builder = fake.cache_builder().unwrap();
+
+    // A header map holding our Authorization header.
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::AUTHORIZATION, token.header_value().clone());
+
+    let mut printed = vec![
+        format!("{token:?}"),
+        format!("{cache:?}"),
+        format!("{layer:?}"),
+        format!("{service:?}"),
+        format!("{credentials:?}"),
+        format!("{builder:?}"),
+        format!("{cache_builder:?}"),
+        format!("{fake:?}"),
+        format!("{headers:?}"),
+        format!("{:?}", cache.stats()),
+    ];
+    drop(future);
+
+    // Errors: rejected credentials, with and without the server echoing the secret.
+    let echoing = serde_json::json!({
+        "error": "invalid_client",
+        "error_description": format!("secret {SECRET} is wrong for token {token_string}"),
+    });
+    for fault in [
+        TokenFault::InvalidClient(StatusCode::BAD_REQUEST),
+        TokenFault::Body {
+            status: StatusCode::UNAUTHORIZED,
+            content_type: "application/json",
+            body: echoing.to_string(),
+        },
+        TokenFault::Body {
+            status: StatusCode::OK,
+            content_type: "application/json",
+            body: format!(r#"{{"access_token":"{token_string} x","token_type":"bearer"}}"#),
+        },
+        TokenFault::Body {
+            status: StatusCode::OK,
+            content_type: "application/json",
+            body: format!(r#"{{"access_token":"{token_string}","token_type":"{token_string}"}}"#),
+        },
+    ] {
+        let fresh = fake.cache().unwrap();
+        fake.fail_next_token_requests(1, fault);
+        let error = fresh.token().await.unwrap_err();
+        printed.push(format!("{error}"));
+        printed.push(format!("{error:?}"));
+        printed.push(format!("{:?}", std::error::Error::source(&error)));
+    }
+
+    let basic = base64_of(&format!("clinic-42:{SECRET}"));
+    for text in &printed {
+        assert!(!text.contains(SECRET), "secret in: {text}");
+        assert!(!text.contains(&token_string), "token in: {text}");
+        assert!(!text.contains(&basic), "basic credentials in: {text}");
+    }
+    // The echoing server's message still reads well, with the secret scrubbed.
+    assert!(printed.iter().any(|t| t.contains("[redacted]")));
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}

@@ -1,0 +1,198 @@
+//! The tower contract, with tower-test mocks: readiness, the service that was polled
+//! ready is the one called, the replay goes through `poll_ready` again, the 401 is dropped
+//! before the replay, inner errors pass through.
+#![allow(clippy::unwrap_used)]
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use docplanner_auth::{AccessToken, BearerAuthLayer, BoxError, ReplayBody, TokenCache};
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
+use tokio_test::{assert_pending, assert_ready_ok};
+use tower_test::mock;
+
+const API: &str = "https://www.doctoralia.es/api/v3/integration";
+
+/// Tokens `t1`, `t2`, … and the number handed out; `t1` is cached already, so that `call`
+/// reaches the inner service at once (the hot path).
+async fn numbered_tokens() -> (TokenCache, Arc<AtomicU32>) {
+    let count = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&count);
+    let cache = TokenCache::new(move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            Ok::<_, BoxError>(AccessToken::new(
+                format!("t{n}"),
+                Duration::from_secs(3600),
+            )?)
+        }
+    });
+    cache.token().await.unwrap();
+    (cache, count)
+}
+
+/// A response body that records when it is dropped.
+#[derive(Debug)]
+struct Tracked(Arc<AtomicBool>);
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(None)
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+type Sent = Request<ReplayBody<Full<Bytes>>>;
+
+fn get() -> Request<Full<Bytes>> {
+    Request::get(format!("{API}/facilities"))
+        .body(Full::default())
+        .unwrap()
+}
+
+fn respond(status: StatusCode, dropped: &Arc<AtomicBool>) -> Response<Tracked> {
+    let mut response = Response::new(Tracked(Arc::clone(dropped)));
+    *response.status_mut() = status;
+    response
+}
+
+#[tokio::test]
+async fn backpressure_passes_through_and_the_ready_service_is_called() {
+    let (cache, _) = numbered_tokens().await;
+    let layer = BearerAuthLayer::new(cache, API).unwrap();
+    let (mut service, mut handle) = mock::spawn_layer::<Sent, Response<Tracked>, _>(layer);
+
+    handle.allow(0);
+    assert_pending!(service.poll_ready());
+    handle.allow(1);
+    assert_ready_ok!(service.poll_ready());
+    // tower-test panics if `call` reaches a clone that was not polled ready.
+    let response = service.call(get());
+    let (request, send) = handle.next_request().await.unwrap();
+    assert_eq!(request.headers()["authorization"], "Bearer t1");
+    assert!(request.headers()["authorization"].is_sensitive());
+    send.send_response(respond(StatusCode::OK, &Arc::new(AtomicBool::new(false))));
+    assert_eq!(response.await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_replay_polls_ready_again_and_the_401_is_dropped_first() {
+    let (cache, tokens) = numbered_tokens().await;
+    let layer = BearerAuthLayer::new(cache, API).unwrap();
+    let (mut service, mut handle) = mock::spawn_layer::<Sent, Response<Tracked>, _>(layer);
+
+    handle.allow(1);
+    assert_ready_ok!(service.poll_ready());
+    let mut response = tokio_test::task::spawn(service.call(get()));
+    assert_pending!(response.poll());
+    let (first, send) = handle.next_request().await.unwrap();
+    assert_eq!(first.headers()["authorization"], "Bearer t1");
+    let rejected = Arc::new(AtomicBool::new(false));
+    send.send_response(respond(StatusCode::UNAUTHORIZED, &rejected));
+
+    // The inner service has no capacity: the replay waits in poll_ready.
+    for _ in 0..10 {
+        assert_pending!(response.poll());
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(tokens.load(Ordering::SeqCst), 2, "a new token was fetched");
+    assert!(
+        handle.poll_request().is_pending(),
+        "no call without readiness"
+    );
+    assert!(
+        rejected.load(Ordering::SeqCst),
+        "the 401 was dropped before the replay"
+    );
+
+    handle.allow(1);
+    assert_pending!(response.poll());
+    let (second, send) = handle.next_request().await.unwrap();
+    assert_eq!(second.headers()["authorization"], "Bearer t2");
+    assert_eq!(second.uri(), first.uri());
+    send.send_response(respond(StatusCode::OK, &Arc::new(AtomicBool::new(false))));
+    assert_eq!(response.await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_replayed_request_keeps_method_uri_headers_and_body() {
+    let (cache, _) = numbered_tokens().await;
+    let layer = BearerAuthLayer::new(cache, API).unwrap();
+    let (mut service, mut handle) = mock::spawn_layer::<Sent, Response<Tracked>, _>(layer);
+    handle.allow(2);
+    assert_ready_ok!(service.poll_ready());
+    let request = Request::post(format!(
+        "{API}/facilities/1/doctors/2/addresses/3/slots/x/book"
+    ))
+    .header("x-request-id", "abc")
+    .body(Full::new(Bytes::from_static(b"{\"duration\":30}")))
+    .unwrap();
+    let response = tokio::spawn(service.call(request));
+    let (first, send) = handle.next_request().await.unwrap();
+    // The inner service reads the body before answering, as an HTTP client does.
+    let first_body = first.into_body().collect().await.unwrap().to_bytes();
+    send.send_response(respond(
+        StatusCode::UNAUTHORIZED,
+        &Arc::new(AtomicBool::new(false)),
+    ));
+    let (second, send) = handle.next_request().await.unwrap();
+    assert_eq!(second.method(), http::Method::POST);
+    assert_eq!(second.headers()["x-request-id"], "abc");
+    assert_eq!(second.headers()["authorization"], "Bearer t2");
+    let second_body = second.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(first_body, second_body);
+    assert_eq!(&second_body[..], b"{\"duration\":30}");
+    send.send_response(respond(
+        StatusCode::CREATED,
+        &Arc::new(AtomicBool::new(false)),
+    ));
+    assert_eq!(
+        response.await.unwrap().unwrap().status(),
+        StatusCode::CREATED
+    );
+}
+
+#[derive(Debug)]
+struct InnerError;
+impl std::fmt::Display for InnerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("inner failed")
+    }
+}
+impl std::error::Error for InnerError {}
+
+#[tokio::test]
+async fn inner_errors_pass_through_unchanged() {
+    let (cache, _) = numbered_tokens().await;
+    let layer = BearerAuthLayer::new(cache, API).unwrap();
+    let (mut service, mut handle) = mock::spawn_layer::<Sent, Response<Tracked>, _>(layer);
+    handle.allow(1);
+    assert_ready_ok!(service.poll_ready());
+    let response = service.call(get());
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error(InnerError);
+    let error = response.await.unwrap_err();
+    assert!(error.downcast_ref::<InnerError>().is_some(), "{error}");
+
+    handle.send_error(InnerError);
+    let error = std::future::poll_fn(|_| service.poll_ready())
+        .await
+        .unwrap_err();
+    assert!(error.downcast_ref::<InnerError>().is_some(), "{error}");
+}

@@ -1,0 +1,91 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use bytes::Bytes;
+use docplanner_auth::testing::{FakeDocplanner, FakeService};
+use docplanner_auth::{BearerAuth, BoxError, ReplayBody, TokenCache};
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use tower::{Layer, ServiceExt};
+
+/// The in-process fake and a client layered over it, sharing `cache`.
+pub struct Setup {
+    pub fake: FakeDocplanner,
+    pub cache: TokenCache,
+    pub client: BearerAuth<FakeService>,
+}
+
+pub fn in_process() -> Setup {
+    in_process_with(FakeDocplanner::builder().in_process(), |b| b)
+}
+
+pub fn in_process_with(
+    fake: FakeDocplanner,
+    tune: impl FnOnce(docplanner_auth::TokenCacheBuilder) -> docplanner_auth::TokenCacheBuilder,
+) -> Setup {
+    let cache = tune(fake.cache_builder().unwrap()).build();
+    let client = fake.layer(cache.clone()).unwrap().layer(fake.service());
+    Setup {
+        fake,
+        cache,
+        client,
+    }
+}
+
+impl Setup {
+    pub fn facilities(&self) -> String {
+        format!("{}/facilities", self.fake.api_base())
+    }
+
+    pub fn booking(&self) -> String {
+        format!(
+            "{}/facilities/1/doctors/2/addresses/3/slots/2026-12-01T10:00:00+01:00/book",
+            self.fake.api_base()
+        )
+    }
+
+    /// GET /facilities through the layer.
+    pub async fn get(&self) -> Result<Response<docplanner_auth::testing::FakeBody>, BoxError> {
+        let request = Request::get(self.facilities()).body(Full::<Bytes>::default())?;
+        self.client.clone().oneshot(request).await
+    }
+
+    /// A booking through the layer, with `body`.
+    pub async fn book<B>(
+        &self,
+        body: B,
+    ) -> Result<Response<docplanner_auth::testing::FakeBody>, BoxError>
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let client = self
+            .fake
+            .layer(self.cache.clone())?
+            .layer(self.fake.service());
+        let request = Request::post(self.booking()).body(body)?;
+        client.oneshot(request).await
+    }
+}
+
+pub async fn status<B>(response: Result<Response<B>, BoxError>) -> StatusCode {
+    response.unwrap().status()
+}
+
+pub async fn body_text<B>(response: Response<B>) -> String
+where
+    B: Body,
+    B::Error: std::fmt::Debug,
+{
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+pub fn booking_json() -> Bytes {
+    Bytes::from_static(br#"{"address_service_id":"42","duration":30,"patient":{"name":"Ana","surname":"Ruiz","email":"ana@example.com","phone":"600000000","birth_date":"1990-01-01"}}"#)
+}
+
+/// The type of body the inner service sees.
+pub type Sent = ReplayBody<Full<Bytes>>;

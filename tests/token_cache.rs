@@ -1,0 +1,261 @@
+//! Token reuse, single flight, expiry, background refresh and cancellation, counted at the
+//! fake Docplanner's token endpoint. Time is Tokio's paused clock wherever it matters.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use docplanner_auth::cache::RefreshPolicy;
+use docplanner_auth::testing::{FakeDocplanner, TokenFault};
+use docplanner_auth::{AccessToken, BoxError, TokenCache};
+use http::StatusCode;
+use support::{in_process, in_process_with, status};
+use tokio::time::{advance, Instant};
+
+/// Refresh exactly at expiry: no lead, margin or jitter, to check `expires_in` to the second.
+fn exact() -> RefreshPolicy {
+    RefreshPolicy {
+        lead: Duration::ZERO,
+        margin: Duration::ZERO,
+        jitter: Duration::ZERO,
+    }
+}
+
+/// Let spawned work (a background refresh) run to its next wait.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn a_thousand_sequential_requests_use_one_token() {
+    let s = in_process();
+    for _ in 0..1_000 {
+        assert_eq!(status(s.get().await).await, StatusCode::OK);
+    }
+    let fake = s.fake.stats();
+    assert_eq!(fake.token_requests, 1);
+    assert_eq!(fake.api_ok, 1_000);
+    assert_eq!(s.cache.stats().token_requests, 1);
+}
+
+/// With the clock paused, the token endpoint's 1 s delay only elapses once every task is
+/// idle: all 10,000 requests are provably waiting on the cold cache at the same time.
+#[tokio::test(start_paused = true)]
+async fn ten_thousand_concurrent_requests_on_a_cold_cache_make_one_token_request() {
+    let s = Arc::new(in_process());
+    s.fake
+        .fail_next_token_requests(1, TokenFault::Delay(Duration::from_secs(1)));
+    let tasks: Vec<_> = (0..10_000)
+        .map(|_| {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move { s.get().await.map(|r| r.status()) })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), StatusCode::OK);
+    }
+    let fake = s.fake.stats();
+    assert_eq!(fake.token_requests, 1);
+    assert_eq!(fake.api_ok, 10_000);
+    assert_eq!(fake.sent_without_valid_token(), 0);
+}
+
+/// The same on two worker threads in real time (true parallelism, a 50 ms token endpoint).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_parallel_requests_make_one_token_request() {
+    let s = Arc::new(in_process());
+    s.fake
+        .fail_next_token_requests(1, TokenFault::Delay(Duration::from_millis(50)));
+    let tasks: Vec<_> = (0..10_000)
+        .map(|_| {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move { s.get().await.map(|r| r.status()) })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), StatusCode::OK);
+    }
+    assert_eq!(s.fake.stats().token_requests, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn expires_in_is_honoured_to_the_second() {
+    let s = in_process_with(FakeDocplanner::builder().in_process(), |b| {
+        b.refresh_policy(exact())
+    });
+    assert_eq!(status(s.get().await).await, StatusCode::OK);
+    advance(Duration::from_secs(3599)).await;
+    assert_eq!(status(s.get().await).await, StatusCode::OK);
+    assert_eq!(s.fake.stats().token_requests, 1, "still valid at 3599 s");
+
+    advance(Duration::from_secs(1)).await;
+    let burst: Vec<_> = (0..100).map(|_| s.get()).collect();
+    for response in futures_util::future::join_all(burst).await {
+        assert_eq!(response.unwrap().status(), StatusCode::OK);
+    }
+    let fake = s.fake.stats();
+    assert_eq!(fake.token_requests, 2, "exactly one new token after expiry");
+    assert_eq!(fake.api_expired_token, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn lifetimes_above_24_hours_are_capped() {
+    let fake = FakeDocplanner::builder()
+        .token_lifetime(Duration::from_secs(48 * 3600))
+        .in_process();
+    let s = in_process_with(fake, |b| b.refresh_policy(exact()));
+    let token = s.cache.token().await.unwrap();
+    assert_eq!(token.lifetime(), Duration::from_secs(24 * 3600));
+    advance(Duration::from_secs(24 * 3600 - 1)).await;
+    assert_eq!(status(s.get().await).await, StatusCode::OK);
+    assert_eq!(s.fake.stats().token_requests, 1);
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(status(s.get().await).await, StatusCode::OK);
+    assert_eq!(s.fake.stats().token_requests, 2);
+}
+
+/// Default policy, one-hour token: from ~3210 s it is stale. Requests keep the old token
+/// without waiting (the virtual clock does not move) while one refresh runs behind them.
+#[tokio::test(start_paused = true)]
+async fn a_stale_token_is_refreshed_in_the_background_without_waiting() {
+    let s = in_process();
+    assert_eq!(status(s.get().await).await, StatusCode::OK);
+    advance(Duration::from_secs(3400)).await;
+    s.fake
+        .fail_next_token_requests(1, TokenFault::Delay(Duration::from_secs(10)));
+
+    let before = Instant::now();
+    for _ in 0..100 {
+        assert_eq!(status(s.get().await).await, StatusCode::OK);
+    }
+    assert_eq!(Instant::now(), before, "no request waited for the refresh");
+    settle().await;
+    assert_eq!(s.cache.stats().background_refreshes, 1);
+    assert_eq!(s.fake.stats().token_requests, 2);
+
+    advance(Duration::from_secs(10)).await; // the background refresh completes
+    settle().await;
+    let token = s.cache.cached().unwrap();
+    assert!(token.lifetime() > Duration::from_secs(3500));
+    assert!(token.expires_at() > Instant::now() + Duration::from_secs(3500));
+    for _ in 0..10 {
+        assert_eq!(status(s.get().await).await, StatusCode::OK);
+    }
+    assert_eq!(s.fake.stats().token_requests, 2, "the new token is reused");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_background_refresh_keeps_the_valid_token() {
+    let s = in_process();
+    let first = s.cache.token().await.unwrap();
+    advance(Duration::from_secs(3400)).await;
+    s.fake.fail_next_token_requests(
+        1,
+        TokenFault::Status {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            retry_after: None,
+        },
+    );
+    assert_eq!(status(s.get().await).await, StatusCode::OK);
+    settle().await;
+    assert_eq!(s.cache.stats().token_failures, 1);
+    let still = s.cache.cached().unwrap();
+    assert!(
+        still.same_secret(&first),
+        "the failure did not replace the token"
+    );
+    // Many requests during the backoff: no new attempt yet.
+    for _ in 0..100 {
+        assert_eq!(status(s.get().await).await, StatusCode::OK);
+    }
+    assert_eq!(s.fake.stats().token_requests, 2);
+    // After the backoff (at most 1 s for a first transient failure) the next request
+    // starts another background attempt, which succeeds.
+    advance(Duration::from_secs(2)).await;
+    assert_eq!(status(s.get().await).await, StatusCode::OK);
+    settle().await;
+    assert_eq!(s.fake.stats().token_requests, 3);
+    assert!(!s.cache.cached().unwrap().same_secret(&first));
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_request_that_started_the_refresh_leaves_nothing_stuck() {
+    let s = in_process();
+    s.fake
+        .fail_next_token_requests(1, TokenFault::Delay(Duration::from_secs(5)));
+    // The first request starts the refresh, then is dropped after 10 ms.
+    let dropped = tokio::time::timeout(Duration::from_millis(10), s.get()).await;
+    assert!(dropped.is_err());
+    // A request arriving while the refresh still runs joins it.
+    assert_eq!(status(s.get().await).await, StatusCode::OK);
+    assert_eq!(
+        s.fake.stats().token_requests,
+        1,
+        "the refresh was not duplicated"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_every_waiter_leaves_nothing_stuck() {
+    let s = Arc::new(in_process());
+    s.fake
+        .fail_next_token_requests(1, TokenFault::Delay(Duration::from_secs(5)));
+    let waiters: Vec<_> = (0..100)
+        .map(|_| {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move { s.get().await.map(|r| r.status()) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    for waiter in &waiters {
+        waiter.abort();
+    }
+    for waiter in waiters {
+        assert!(waiter.await.unwrap_err().is_cancelled());
+    }
+    // The refresh goes on without anyone waiting, and its token is kept.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(s.cache.cached().is_some());
+    assert_eq!(status(s.get().await).await, StatusCode::OK);
+    assert_eq!(
+        s.fake.stats().token_requests,
+        1,
+        "no refresh was duplicated"
+    );
+}
+
+/// A token source that panics: waiters get a typed error, the cache is not stuck.
+#[tokio::test]
+async fn a_panicking_source_does_not_wedge_the_cache() {
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = Arc::clone(&calls);
+    let cache = TokenCache::new(move || {
+        let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                panic!("source bug");
+            }
+            Ok::<_, BoxError>(AccessToken::new("t", Duration::from_secs(60))?)
+        }
+    });
+    let error = cache.token().await.unwrap_err();
+    assert!(error.is_transient() && error.is_token_endpoint(), "{error}");
+    assert!(cache.token().await.is_ok());
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[test]
+fn outside_a_runtime_the_cache_says_so_instead_of_panicking() {
+    let cache = TokenCache::new(|| async {
+        Ok::<_, BoxError>(AccessToken::new("t", Duration::from_secs(60))?)
+    });
+    let error = futures_util::FutureExt::now_or_never(cache.token())
+        .unwrap()
+        .unwrap_err();
+    assert!(error.is_config());
+    assert!(error.to_string().contains("Tokio runtime"));
+}
