@@ -16,11 +16,11 @@ use tokio::time::{advance, Instant};
 
 /// Refresh exactly at expiry: no lead, margin or jitter, to check `expires_in` to the second.
 fn exact() -> RefreshPolicy {
-    RefreshPolicy {
-        lead: Duration::ZERO,
-        margin: Duration::ZERO,
-        jitter: Duration::ZERO,
-    }
+    let mut policy = RefreshPolicy::default();
+    policy.lead = Duration::ZERO;
+    policy.margin = Duration::ZERO;
+    policy.jitter = Duration::ZERO;
+    policy
 }
 
 /// Let spawned work (a background refresh) run to its next wait.

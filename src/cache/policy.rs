@@ -42,7 +42,17 @@ pub(crate) enum Freshness {
 }
 
 /// The refresh timing of a token: how early to refresh it and when to stop using it.
+///
+/// ```
+/// use std::time::Duration;
+/// use docplanner_auth::cache::RefreshPolicy;
+///
+/// let mut policy = RefreshPolicy::default();
+/// policy.lead = Duration::from_secs(600);
+/// # let _ = policy;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RefreshPolicy {
     /// How long before the token stops being usable a background refresh starts.
     pub lead: Duration,
@@ -142,12 +152,27 @@ pub const DEFAULT_PERMANENT_BACKOFF_CAP: Duration = Duration::from_secs(300);
 /// in the future) is more likely wrong than right.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
+/// Default random share of each backoff delay: one half ("equal jitter"), so replicas
+/// that failed together spread out while every delay stays at least half its nominal value.
+pub const DEFAULT_BACKOFF_JITTER: f64 = 0.5;
+
 /// How long to wait after failures of the token endpoint.
 ///
-/// Exponential with "equal jitter": the delay for the n-th consecutive failure is
-/// `min(cap, base·2ⁿ⁻¹)`, of which the first half is fixed and the second half random;
-/// a `Retry-After` from the server is a floor (up to [`MAX_RETRY_AFTER`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Exponential with jitter: the nominal delay for the n-th consecutive failure is
+/// `min(cap, base·2ⁿ⁻¹)`, of which the share `jitter` is random (by default the second
+/// half: "equal jitter"); a `Retry-After` from the server is a floor (up to
+/// [`MAX_RETRY_AFTER`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use docplanner_auth::cache::Backoff;
+///
+/// let mut backoff = Backoff::default();
+/// backoff.cap = Duration::from_secs(10);
+/// # let _ = backoff;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct Backoff {
     /// First delay after a transient failure.
     pub base: Duration,
@@ -157,6 +182,9 @@ pub struct Backoff {
     pub permanent_base: Duration,
     /// Longest delay after permanent failures.
     pub permanent_cap: Duration,
+    /// The random share of each delay, from 0.0 (none: a fixed schedule) to 1.0 (the whole
+    /// delay is random).
+    pub jitter: f64,
 }
 
 impl Default for Backoff {
@@ -166,6 +194,7 @@ impl Default for Backoff {
             cap: DEFAULT_BACKOFF_CAP,
             permanent_base: DEFAULT_PERMANENT_BACKOFF_BASE,
             permanent_cap: DEFAULT_PERMANENT_BACKOFF_CAP,
+            jitter: DEFAULT_BACKOFF_JITTER,
         }
     }
 }
@@ -186,8 +215,13 @@ impl Backoff {
         };
         let doublings = failures.saturating_sub(1).min(32);
         let full = base.saturating_mul(1u32 << doublings.min(31)).min(cap);
-        let half = full / 2;
-        let delay = half + half.mul_f64(jitter_fraction.clamp(0.0, 1.0));
+        let share = if self.jitter.is_finite() {
+            self.jitter.clamp(0.0, 1.0)
+        } else {
+            DEFAULT_BACKOFF_JITTER
+        };
+        let random = full.mul_f64(share);
+        let delay = (full - random) + random.mul_f64(jitter_fraction.clamp(0.0, 1.0));
         match retry_after {
             Some(asked) => delay.max(asked.min(MAX_RETRY_AFTER)),
             None => delay,
@@ -290,6 +324,15 @@ mod tests {
             prop_assert!(d <= cap.max(MAX_RETRY_AFTER));
             let base = if permanent { b.permanent_base } else { b.base };
             prop_assert!(d >= base / 2);
+        }
+
+        #[test]
+        fn no_jitter_is_a_fixed_schedule(failures in 1u32..40, fraction in 0.0f64..1.0) {
+            let b = Backoff { jitter: 0.0, ..Backoff::default() };
+            let d = b.delay(failures, false, None, fraction);
+            prop_assert_eq!(d, b.delay(failures, false, None, 0.0));
+            let nominal = b.base.saturating_mul(1 << (failures - 1).min(31)).min(b.cap);
+            prop_assert_eq!(d, nominal);
         }
     }
 }

@@ -235,9 +235,13 @@ fn status_error(status: StatusCode, headers: &HeaderMap, cx: &Context<'_>) -> Er
         s if s.is_redirection() => {
             "the token URL redirects: use the https://www.<domain>/oauth/v2/token URL".to_owned()
         }
-        s if is_transient_status(s) => {
-            "a problem on Docplanner's side; retrying with backoff".to_owned()
-        }
+        s if is_transient_status(s) => match delay {
+            Some(d) => format!(
+                "a problem on Docplanner's side; retrying in {}s",
+                d.as_secs()
+            ),
+            None => "a problem on Docplanner's side; retrying with backoff".to_owned(),
+        },
         _ => "the token request was refused".to_owned(),
     };
     Error::new(

@@ -48,7 +48,7 @@ use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -75,7 +75,9 @@ pub struct FakeDocplanner {
     origin: String,
     http_addr: Option<SocketAddr>,
     certificate: Option<server::Certificate>,
-    tasks: Vec<JoinHandle<()>>,
+    https_addr: Option<SocketAddr>,
+    https_task: Mutex<Option<JoinHandle<()>>>,
+    http_task: Option<JoinHandle<()>>,
 }
 
 /// Configures a [`FakeDocplanner`].
@@ -225,6 +227,42 @@ impl FakeDocplanner {
         self.state.set_api_latency(latency);
     }
 
+    /// Stop the HTTPS listener and close every connection it accepted: requests now fail
+    /// to connect (connection refused), as when the server is down.
+    pub fn stop_https(&self) {
+        if let Some(task) = self
+            .https_task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+    }
+
+    /// Listen on the same HTTPS address again after [`stop_https`](Self::stop_https).
+    /// Does nothing for an in-process fake or one already listening.
+    pub async fn restart_https(&self) -> Result<(), BoxError> {
+        let (Some(addr), Some(certificate)) = (self.https_addr, &self.certificate) else {
+            return Ok(());
+        };
+        if self
+            .https_task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+        {
+            return Ok(());
+        }
+        let listener = server::bind(addr).await?;
+        let task = server::serve_https(listener, Arc::clone(&self.state), certificate.acceptor());
+        *self
+            .https_task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(task);
+        Ok(())
+    }
+
     /// The next `times` token requests fail with `fault` (queued after earlier ones).
     pub fn fail_next_token_requests(&self, times: usize, fault: TokenFault) {
         self.state.fault_next(times, fault);
@@ -279,16 +317,16 @@ impl FakeDocplannerBuilder {
         state
             .https_port
             .store(u64::from(https_addr.port()), Ordering::Relaxed);
-        let tasks = vec![
-            server::serve_https(https, Arc::clone(&state), certificate.acceptor()),
-            server::serve_redirects(http, Arc::clone(&state)),
-        ];
+        let https_task = server::serve_https(https, Arc::clone(&state), certificate.acceptor());
+        let http_task = server::serve_redirects(http, Arc::clone(&state));
         Ok(FakeDocplanner {
             state,
             origin: format!("https://{https_addr}"),
             http_addr: Some(http_addr),
             certificate: Some(certificate),
-            tasks,
+            https_addr: Some(https_addr),
+            https_task: Mutex::new(Some(https_task)),
+            http_task: Some(http_task),
         })
     }
 
@@ -300,14 +338,17 @@ impl FakeDocplannerBuilder {
             origin: format!("https://{IN_PROCESS_HOST}"),
             http_addr: None,
             certificate: None,
-            tasks: Vec::new(),
+            https_addr: None,
+            https_task: Mutex::new(None),
+            http_task: None,
         }
     }
 }
 
 impl Drop for FakeDocplanner {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        self.stop_https();
+        if let Some(task) = &self.http_task {
             task.abort();
         }
     }
@@ -345,7 +386,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let state = Arc::clone(&self.state);
-        Box::pin(async move { Ok(state.handle(request).await) })
+        Box::pin(async move { state.handle(request).await })
     }
 }
 

@@ -49,6 +49,9 @@ pub enum TokenFault {
     Hang,
     /// Start a normal answer, then break the connection in the middle of the body.
     CloseMidBody,
+    /// Fail before any answer: in process, the call fails like a refused connection; over
+    /// TCP, the connection is closed without an answer.
+    Disconnect,
 }
 
 /// A snapshot of the fake server's counters.
@@ -218,8 +221,12 @@ impl State {
         }
     }
 
-    /// Every request to the fake, over TLS or in process.
-    pub(crate) async fn handle<B>(&self, request: Request<B>) -> Response<FakeBody>
+    /// Every request to the fake, over TLS or in process. An `Err` is a broken
+    /// connection ([`TokenFault::Disconnect`]).
+    pub(crate) async fn handle<B>(
+        &self,
+        request: Request<B>,
+    ) -> Result<Response<FakeBody>, BoxError>
     where
         B: Body,
         B::Error: Into<BoxError>,
@@ -227,7 +234,7 @@ impl State {
         let (parts, body) = request.into_parts();
         let body = match body.collect().await {
             Ok(collected) => collected.to_bytes(),
-            Err(_) => return text(StatusCode::BAD_REQUEST, "request body broke"),
+            Err(_) => return Ok(text(StatusCode::BAD_REQUEST, "request body broke")),
         };
         let path = parts.uri.path();
         if path == TOKEN_PATH {
@@ -238,9 +245,9 @@ impl State {
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
-            return self.api(&parts.method, route, &parts.headers, &body);
+            return Ok(self.api(&parts.method, route, &parts.headers, &body));
         }
-        api_error(StatusCode::NOT_FOUND, "No route found")
+        Ok(api_error(StatusCode::NOT_FOUND, "No route found"))
     }
 
     /// The plain-http listener: a redirect to https, as the real site does.
@@ -264,14 +271,31 @@ impl State {
         method: &Method,
         headers: &http::HeaderMap,
         body: &[u8],
-    ) -> Response<FakeBody> {
+    ) -> Result<Response<FakeBody>, BoxError> {
         bump(&self.counters.token_requests);
         let fault = {
             let mut faults = lock(&self.faults);
             faults.once.pop_front().or_else(|| faults.always.clone())
         };
         match fault {
-            None => {}
+            Some(TokenFault::Disconnect) => Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "connection refused (fault injected)",
+            )
+            .into()),
+            other => Ok(self.token_answer(other, method, headers, body).await),
+        }
+    }
+
+    async fn token_answer(
+        &self,
+        fault: Option<TokenFault>,
+        method: &Method,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Response<FakeBody> {
+        match fault {
+            None | Some(TokenFault::Disconnect) => {}
             Some(TokenFault::Delay(delay)) => tokio::time::sleep(delay).await,
             Some(TokenFault::Hang) => std::future::pending::<()>().await,
             Some(TokenFault::Status {

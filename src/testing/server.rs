@@ -70,7 +70,13 @@ pub(crate) fn serve_https(
                 };
                 let service = service_fn(move |request: hyper::Request<Incoming>| {
                     let state = Arc::clone(&state);
-                    async move { Ok::<_, Infallible>(state.handle(request).await) }
+                    async move {
+                        // An error makes hyper close the connection without an answer.
+                        state
+                            .handle(request)
+                            .await
+                            .map_err(|e| std::io::Error::other(e.to_string()))
+                    }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)

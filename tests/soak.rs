@@ -1,0 +1,126 @@
+//! Soak: 100,000 requests from 16 concurrent workers across 20 one-hour token lifetimes
+//! (20 h on Tokio's paused clock, a few seconds of CI time), a quarter of them bookings
+//! with a body, with all tokens revoked at random moments. The fake's counters prove that
+//! no request carried an expired token or no token, that every request got exactly one
+//! final answer, and that token requests stay within lifetimes + revocations.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use http_body_util::Full;
+use support::{booking_json, in_process};
+use tokio::time::{sleep, Instant};
+
+const WORKERS: u64 = 16;
+const PER_WORKER: u64 = 6_250;
+const LIFETIME: Duration = Duration::from_secs(3600);
+
+#[tokio::test(start_paused = true)]
+async fn soak_100k_requests_over_20_lifetimes_with_revocations() {
+    let s = Arc::new(in_process());
+    s.fake.set_api_latency(Duration::from_millis(5));
+    let ok = Arc::new(AtomicU64::new(0));
+    let rejected = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            let (s, ok, rejected) = (Arc::clone(&s), Arc::clone(&ok), Arc::clone(&rejected));
+            tokio::spawn(async move {
+                let mut rng = fastrand::Rng::with_seed(w);
+                for i in 0..PER_WORKER {
+                    let response = if i % 4 == 0 {
+                        s.book(Full::new(booking_json())).await
+                    } else {
+                        s.get().await
+                    };
+                    match response.unwrap().status() {
+                        StatusCode::OK | StatusCode::CREATED => ok.fetch_add(1, Ordering::Relaxed),
+                        StatusCode::UNAUTHORIZED => rejected.fetch_add(1, Ordering::Relaxed),
+                        other => panic!("unexpected {other}"),
+                    };
+                    // 0–23 s between requests: 6,250 requests span about 20 hours.
+                    sleep(Duration::from_millis(rng.u64(0..23_000))).await;
+                }
+            })
+        })
+        .collect();
+
+    let revoked = Arc::new(AtomicU64::new(0));
+    let revoker = {
+        let (s, revoked) = (Arc::clone(&s), Arc::clone(&revoked));
+        tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(99);
+            loop {
+                sleep(Duration::from_secs(rng.u64(1_000..5_000))).await;
+                s.fake.revoke_all_tokens();
+                revoked.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let elapsed = Instant::now() - start;
+    revoker.abort();
+    let fake = s.fake.stats();
+    let cache = s.cache.stats();
+    let (ok, rejected) = (ok.load(Ordering::Relaxed), rejected.load(Ordering::Relaxed));
+    let revocations = revoked.load(Ordering::Relaxed);
+
+    println!(
+        "soak: requests={} ok={ok} final_401={rejected} virtual_time={elapsed:?} revocations={revocations} \
+         token_requests={} invalidations={} replays={} api_revoked={} expired_sent={} no_token_sent={}",
+        WORKERS * PER_WORKER,
+        fake.token_requests,
+        cache.invalidations,
+        cache.replays,
+        fake.api_revoked_token,
+        fake.api_expired_token,
+        fake.api_no_token
+    );
+
+    assert!(
+        elapsed >= LIFETIME * 20,
+        "spans at least 20 token lifetimes: {elapsed:?}"
+    );
+    assert_eq!(
+        ok + rejected,
+        WORKERS * PER_WORKER,
+        "exactly one final answer each"
+    );
+    assert_eq!(
+        fake.api_requests,
+        WORKERS * PER_WORKER + cache.replays,
+        "one send + at most one replay"
+    );
+    assert_eq!(fake.api_expired_token, 0, "never an expired token");
+    assert_eq!(fake.api_no_token, 0, "never without a token");
+    assert_eq!(fake.api_unknown_token, 0);
+    assert!(
+        revocations >= 10,
+        "revocations were injected: {revocations}"
+    );
+    assert!(
+        cache.invalidations <= revocations + rejected,
+        "one invalidation per revocation at most"
+    );
+    // A request ends in 401 only if the token it was replayed with was revoked while it
+    // was in flight: at most one per worker per revocation (in practice, none).
+    assert!(rejected <= WORKERS * revocations, "final 401s: {rejected}");
+    // Each token is replaced at its refresh moment (at least 3210 s after it was obtained
+    // with the default policy: 3600 - 30 margin - 300 lead - 60 jitter) or by a revocation;
+    // a 401 on a replay can drop one more. Hence:
+    let lower = elapsed.as_secs() / 3570; // a token is never used past 3570 s
+    let upper = 1 + elapsed.as_secs() / 3210 + revocations + rejected;
+    assert!(
+        (lower..=upper).contains(&fake.token_requests),
+        "token requests {} outside {lower}..={upper}",
+        fake.token_requests
+    );
+}
