@@ -102,6 +102,7 @@ pub mod client;
 pub mod docplanner;
 mod error;
 mod origin;
+mod secret;
 pub mod source;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]

@@ -27,6 +27,12 @@ impl Origin {
                  https://www.doctoralia.es/api/v3/integration"
             ))
         })?;
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            // Never echo it: the part before `@` is a user name and password.
+            return Err(Error::config(format!(
+                "the {what} must not contain user:password@ credentials"
+            )));
+        }
         let https = match uri.scheme() {
             Some(s) if *s == Scheme::HTTPS => true,
             Some(s) if *s == Scheme::HTTP => false,

@@ -4,12 +4,12 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::HeaderValue;
 use tokio::time::Instant;
 use zeroize::Zeroize;
 
 use crate::error::{Error, Kind};
+use crate::secret::sensitive_header;
 
 /// The longest lifetime we ever believe: 24 hours.
 ///
@@ -132,21 +132,6 @@ impl fmt::Debug for AccessToken {
     }
 }
 
-/// Bytes that are wiped when the last `Bytes` sharing them is dropped.
-struct Wiped(Vec<u8>);
-
-impl AsRef<[u8]> for Wiped {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Drop for Wiped {
-    fn drop(&mut self) {
-        self.0.zeroize();
-    }
-}
-
 fn bearer_header(token: &[u8]) -> Result<HeaderValue, Error> {
     if token.is_empty() {
         return Err(Error::new(
@@ -168,10 +153,8 @@ fn bearer_header(token: &[u8]) -> Result<HeaderValue, Error> {
     let mut bytes = Vec::with_capacity(BEARER.len() + token.len());
     bytes.extend_from_slice(BEARER);
     bytes.extend_from_slice(token);
-    let mut header = HeaderValue::from_maybe_shared(Bytes::from_owner(Wiped(bytes)))
-        .map_err(|_| Error::new(Kind::InvalidResponse, "invalid access_token bytes"))?;
-    header.set_sensitive(true);
-    Ok(header)
+    sensitive_header(bytes)
+        .map_err(|_| Error::new(Kind::InvalidResponse, "invalid access_token bytes"))
 }
 
 #[cfg(test)]

@@ -196,3 +196,43 @@ async fn inner_errors_pass_through_unchanged() {
         .unwrap_err();
     assert!(error.downcast_ref::<InnerError>().is_some(), "{error}");
 }
+
+/// A 401 for a request whose body was not read (so cannot be replayed) goes back at once:
+/// the future does not wait for a new token it could not use (here, one that never comes).
+#[tokio::test]
+async fn an_unreplayable_401_does_not_wait_for_a_new_token() {
+    let count = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&count);
+    let cache = TokenCache::new(move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n > 0 {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, BoxError>(AccessToken::new("t1", Duration::from_secs(3600))?)
+        }
+    });
+    cache.token().await.unwrap();
+    let layer = BearerAuthLayer::new(cache, API).unwrap();
+    let (mut service, mut handle) = mock::spawn_layer::<Sent, Response<Tracked>, _>(layer);
+    handle.allow(1);
+    assert_ready_ok!(service.poll_ready());
+    let request = Request::post(format!(
+        "{API}/facilities/1/doctors/2/addresses/3/slots/x/book"
+    ))
+    .body(Full::new(Bytes::from_static(b"{\"duration\":30}")))
+    .unwrap();
+    let response = tokio::spawn(service.call(request));
+    let (unread, send) = handle.next_request().await.unwrap();
+    send.send_response(respond(
+        StatusCode::UNAUTHORIZED,
+        &Arc::new(AtomicBool::new(false)),
+    ));
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("the 401 came back without waiting for a token")
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    drop(unread);
+}

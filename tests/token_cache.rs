@@ -228,8 +228,9 @@ async fn dropping_every_waiter_leaves_nothing_stuck() {
     );
 }
 
-/// A token source that panics: waiters get a typed error, the cache is not stuck.
-#[tokio::test]
+/// A token source that panics: waiters get a typed error, the failure is backed off like
+/// any other (a source that always panics is not called in a loop), the cache is not stuck.
+#[tokio::test(start_paused = true)]
 async fn a_panicking_source_does_not_wedge_the_cache() {
     let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let counted = Arc::clone(&calls);
@@ -244,8 +245,91 @@ async fn a_panicking_source_does_not_wedge_the_cache() {
     });
     let error = cache.token().await.unwrap_err();
     assert!(error.is_transient() && error.is_token_endpoint(), "{error}");
+    assert!(error.to_string().contains("panicked"), "{error}");
+    for _ in 0..20 {
+        assert!(cache.token().await.is_err(), "fails fast while backing off");
+    }
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    advance(Duration::from_secs(1)).await;
     assert!(cache.token().await.is_ok());
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+/// A token that arrives already expired (a source handing out an old token) is refused
+/// and backed off, never stored or sent.
+#[tokio::test(start_paused = true)]
+async fn a_token_that_arrives_expired_is_refused() {
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = Arc::clone(&calls);
+    let cache = TokenCache::new(move || {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            let two_hours_ago = Instant::now() - Duration::from_secs(7200);
+            Ok::<_, BoxError>(AccessToken::obtained_at(
+                "old",
+                two_hours_ago,
+                Duration::from_secs(3600),
+            )?)
+        }
+    });
+    advance(Duration::from_secs(7200)).await;
+    let error = cache.token().await.unwrap_err();
+    assert!(error.is_invalid_response(), "{error:?}");
+    assert!(
+        error.to_string().contains("arrived already expired"),
+        "{error}"
+    );
+    assert!(cache.cached().is_none());
+    assert!(cache.token().await.is_err());
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "backed off"
+    );
+}
+
+/// A refresh whose task sits on a runtime nobody drives does not hold other callers
+/// forever: they give up on it after the request timeout and its grace, and the next
+/// caller refreshes on its own runtime. (Real time: two runtimes cannot share a paused
+/// clock; the timeout is 50 ms, the assertions are counts.)
+#[test]
+fn a_refresh_stuck_on_an_idle_runtime_is_abandoned() {
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = Arc::clone(&calls);
+    let cache = TokenCache::builder(move || {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async { Ok::<_, BoxError>(AccessToken::new("t", Duration::from_secs(60))?) }
+    })
+    .token_request_timeout(Duration::from_millis(50))
+    .build();
+    let idle = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Start the refresh on `idle`, give up at once, and never drive `idle` again.
+    let started =
+        idle.block_on(async { futures_util::FutureExt::now_or_never(cache.token()).is_none() });
+    assert!(started, "the refresh is spawned on `idle` and waited for");
+    let other = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    other.block_on(async {
+        let error = cache.token().await.unwrap_err();
+        assert!(error.is_transient(), "{error:?}");
+        assert!(
+            error.to_string().contains("did not finish in time"),
+            "{error}"
+        );
+        let token = cache.token().await.unwrap();
+        assert_eq!(token.secret(), "t");
+    });
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only the second flight ran the source"
+    );
+    drop(idle);
 }
 
 #[test]
@@ -258,4 +342,33 @@ fn outside_a_runtime_the_cache_says_so_instead_of_panicking() {
         .unwrap_err();
     assert!(error.is_config());
     assert!(error.to_string().contains("Tokio runtime"));
+}
+
+/// Ten-second tokens under steady traffic (a request every 100 ms for 100 s): the lead and
+/// margin scale down (refresh 3–4 s after issue, stop using at 9 s), every refresh after
+/// the first runs in the background, and no request carries an expired token.
+#[tokio::test(start_paused = true)]
+async fn short_lived_tokens_are_refreshed_in_the_background() {
+    let fake = FakeDocplanner::builder()
+        .token_lifetime(Duration::from_secs(10))
+        .in_process();
+    let s = in_process_with(fake, |b| b);
+    for _ in 0..1_000 {
+        assert_eq!(status(s.get().await).await, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fake = s.fake.stats();
+    let cache = s.cache.stats();
+    assert_eq!(fake.api_expired_token, 0);
+    assert_eq!(fake.sent_without_valid_token(), 0);
+    assert!(
+        (25..=34).contains(&fake.token_requests),
+        "{}",
+        fake.token_requests
+    );
+    assert_eq!(
+        cache.background_refreshes,
+        fake.token_requests - 1,
+        "nobody waited"
+    );
 }

@@ -57,6 +57,9 @@ pub(crate) struct Tape {
     chunks: Vec<Bytes>,
     size: usize,
     limit: usize,
+    /// The body's length when known (exact size hint or `Content-Length`): hyper stops
+    /// polling a body once that many bytes are written, without a final `None`.
+    expected: Option<u64>,
     trailers: Option<HeaderMap>,
     state: TapeState,
 }
@@ -77,9 +80,10 @@ pub(crate) enum Replay {
 }
 
 impl<B> ReplayBody<B> {
-    /// Wrap `body`, recording it up to `limit` bytes. Returns the body to send and, when
-    /// the body may be replayable, the means to replay it.
-    pub(crate) fn new(body: B, limit: usize) -> (Self, Option<Replay>)
+    /// Wrap `body`, recording it up to `limit` bytes; `content_length` is the request's
+    /// `Content-Length` header, if any. Returns the body to send and, when the body may be
+    /// replayable, the means to replay it.
+    pub(crate) fn new(body: B, limit: usize, content_length: Option<u64>) -> (Self, Option<Replay>)
     where
         B: Body,
     {
@@ -94,6 +98,7 @@ impl<B> ReplayBody<B> {
             chunks: Vec::new(),
             size: 0,
             limit,
+            expected: body.size_hint().exact().or(content_length),
             trailers: None,
             state: TapeState::Recording,
         }));
@@ -110,6 +115,16 @@ impl<B> ReplayBody<B> {
 }
 
 impl Replay {
+    /// Whether all of the body was recorded, so that it can be sent again.
+    pub(crate) fn is_complete(&self) -> bool {
+        match self {
+            Replay::Empty => true,
+            Replay::Tape(tape) => {
+                tape.lock().unwrap_or_else(PoisonError::into_inner).state == TapeState::Complete
+            }
+        }
+    }
+
     /// The body to send again, if all of it was recorded.
     pub(crate) fn body<B>(&self) -> Option<ReplayBody<B>> {
         match self {
@@ -138,9 +153,14 @@ impl Tape {
                 self.lose();
             } else {
                 self.chunks.push(data.clone());
+                if self.expected == Some(self.size as u64) {
+                    self.finish();
+                }
             }
         } else if let Some(trailers) = frame.trailers_ref() {
+            // Trailers are the last frame: hyper polls no further.
             self.trailers = Some(trailers.clone());
+            self.finish();
         }
     }
 
@@ -284,7 +304,7 @@ mod tests {
 
     #[tokio::test]
     async fn empty_and_full_replay() {
-        let (body, replay) = ReplayBody::new(Empty::<Bytes>::new(), 10);
+        let (body, replay) = ReplayBody::new(Empty::<Bytes>::new(), 10, None);
         assert!(body.is_end_stream());
         assert!(replay
             .unwrap()
@@ -292,7 +312,7 @@ mod tests {
             .unwrap()
             .is_end_stream());
 
-        let (body, replay) = ReplayBody::new(Full::new(Bytes::from_static(b"hello")), 10);
+        let (body, replay) = ReplayBody::new(Full::new(Bytes::from_static(b"hello")), 10, None);
         let replay = replay.unwrap();
         assert!(replay.body::<Full<Bytes>>().is_none(), "not sent yet");
         assert_eq!(collect(body).await, b"hello");
@@ -309,7 +329,7 @@ mod tests {
             Ok(Frame::trailers(HeaderMap::new())),
         ];
         let stream = StreamBody::new(futures_util::stream::iter(frames));
-        let (body, replay) = ReplayBody::new(stream, 4);
+        let (body, replay) = ReplayBody::new(stream, 4, None);
         assert_eq!(collect(body).await, b"abcd");
         let again = replay.unwrap().body::<Full<Bytes>>().unwrap();
         let collected = again.collect().await.unwrap();
@@ -324,13 +344,52 @@ mod tests {
             Ok(Frame::data(Bytes::from_static(b"def"))),
         ];
         let stream = StreamBody::new(futures_util::stream::iter(frames));
-        let (body, replay) = ReplayBody::new(stream, 4);
+        let (body, replay) = ReplayBody::new(stream, 4, None);
         assert_eq!(collect(body).await, b"abcdef");
         assert!(replay.unwrap().body::<Full<Bytes>>().is_none());
 
         // known to be too large up front: not even recorded
-        let (_, replay) = ReplayBody::new(Full::new(Bytes::from_static(b"abcdef")), 4);
+        let (_, replay) = ReplayBody::new(Full::new(Bytes::from_static(b"abcdef")), 4, None);
         assert!(replay.is_none());
+    }
+
+    /// hyper stops polling after the announced length or after trailers: the tape must be
+    /// complete then, without a final `None`.
+    #[tokio::test]
+    async fn complete_at_the_announced_length_or_after_trailers() {
+        let frames = || {
+            vec![
+                Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"ab"))),
+                Ok(Frame::data(Bytes::from_static(b"cd"))),
+                Ok(Frame::trailers(HeaderMap::new())),
+            ]
+        };
+        let (mut body, replay) = ReplayBody::new(
+            StreamBody::new(futures_util::stream::iter(frames())),
+            100,
+            Some(4),
+        );
+        body.frame().await.unwrap().unwrap();
+        let replay = replay.unwrap();
+        assert!(!replay.is_complete());
+        body.frame().await.unwrap().unwrap();
+        assert!(replay.is_complete(), "4 of 4 announced bytes");
+        drop(body);
+        assert_eq!(
+            collect(replay.body::<Full<Bytes>>().unwrap()).await,
+            b"abcd"
+        );
+
+        let (mut body, replay) = ReplayBody::new(
+            StreamBody::new(futures_util::stream::iter(frames())),
+            100,
+            None,
+        );
+        for _ in 0..3 {
+            body.frame().await.unwrap().unwrap();
+        }
+        drop(body);
+        assert!(replay.unwrap().is_complete(), "trailers end the body");
     }
 
     #[tokio::test]
@@ -340,7 +399,7 @@ mod tests {
             Ok(Frame::data(Bytes::from_static(b"cd"))),
         ];
         let stream = StreamBody::new(futures_util::stream::iter(frames));
-        let (mut body, replay) = ReplayBody::new(stream, 100);
+        let (mut body, replay) = ReplayBody::new(stream, 100, None);
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "ab");
         drop(body);

@@ -20,7 +20,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use http::header::AUTHORIZATION;
+use http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
@@ -133,11 +133,23 @@ where
         B: Body,
     {
         let (mut parts, body) = request.into_parts();
-        let (body, replay) = ReplayBody::new(body, self.replay_limit);
+        let content_length = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        let (body, replay) = ReplayBody::new(body, self.replay_limit, content_length);
         self.replay = replay.map(|replay| (parts.clone(), replay));
         parts.headers.insert(AUTHORIZATION, header);
         self.used = id;
         self.inner.call(Request::from_parts(parts, body))
+    }
+
+    /// Whether the request can be sent again: its head is kept and its body recorded whole.
+    fn can_replay(&self) -> bool {
+        self.replay
+            .as_ref()
+            .is_some_and(|(_, replay)| replay.is_complete())
     }
 
     /// The request once more, with `token`, if its body was recorded whole.
@@ -183,9 +195,9 @@ where
                     if response.status() != StatusCode::UNAUTHORIZED {
                         return Poll::Ready(Ok(response));
                     }
-                    if attempt.cache.reject(attempt.used) == Rejection::RateLimited
-                        || attempt.replay.is_none()
-                    {
+                    let rejection = attempt.cache.reject(attempt.used);
+                    // Only wait for a new token if the request can be sent again with it.
+                    if rejection == Rejection::RateLimited || !attempt.can_replay() {
                         return Poll::Ready(Ok(response));
                     }
                     this.state.set(State::Refresh {

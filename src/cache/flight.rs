@@ -15,11 +15,28 @@ use crate::token::AccessToken;
 /// The outcome of one refresh, shared by every waiter.
 type Outcome = Option<Result<AccessToken, Error>>;
 
+/// How long past its own timeout a refresh may run before it is presumed stuck (its task
+/// sits on a runtime nobody drives): the token request timeout once more, at most 5 s.
+/// Waiters then give up on it with an error, and the next caller starts another refresh
+/// on its own runtime.
+pub const STUCK_REFRESH_GRACE: Duration = Duration::from_secs(5);
+
+/// The refresh under way.
+#[derive(Debug)]
+struct Running {
+    rx: watch::Receiver<Outcome>,
+    generation: u64,
+    /// Past this instant the refresh is presumed stuck.
+    deadline: Instant,
+}
+
 /// The slow-path state of a cache, behind its mutex.
 #[derive(Debug, Default)]
 pub(super) struct Flight {
-    /// The refresh under way, if any: waiters clone this receiver.
-    running: Option<watch::Receiver<Outcome>>,
+    /// The refresh under way, if any: waiters clone its receiver.
+    running: Option<Running>,
+    /// Incremented by every refresh started: a refresh only ever completes its own.
+    generation: u64,
     /// Consecutive failed refreshes.
     failures: u32,
     /// The last failure, handed to callers that have no valid token while backing off.
@@ -34,16 +51,22 @@ pub(super) struct Flight {
 }
 
 impl Flight {
-    fn is_running(&self) -> bool {
-        // A closed channel means the refresh task is gone; it is not running any more.
+    /// The refresh under way, unless its task is gone (closed channel) or presumed stuck.
+    fn running_at(&self, now: Instant) -> Option<&Running> {
         self.running
             .as_ref()
-            .is_some_and(|rx| rx.has_changed().is_ok())
+            .filter(|r| r.rx.has_changed().is_ok() && now < r.deadline)
     }
 
     /// No refresh is running and the backoff does not forbid starting one.
     fn may_start(&self, now: Instant) -> bool {
-        !self.is_running() && self.retry_at.is_none_or(|at| now >= at)
+        self.running_at(now).is_none() && self.retry_at.is_none_or(|at| now >= at)
+    }
+
+    fn is_current(&self, generation: u64) -> bool {
+        self.running
+            .as_ref()
+            .is_some_and(|r| r.generation == generation)
     }
 
     pub(super) fn forced_too_recently(&self, now: Instant, interval: Duration) -> bool {
@@ -60,26 +83,50 @@ impl Flight {
 /// What a caller without a usable token does next.
 enum Next {
     Ready(AccessToken),
-    Wait(watch::Receiver<Outcome>),
+    Wait(watch::Receiver<Outcome>, Instant),
+}
+
+fn aborted(why: &str) -> Error {
+    Error::new(
+        Kind::RefreshAborted,
+        format!("the token refresh {why}; the next request will try again"),
+    )
+}
+
+/// Whether the current Tokio runtime has its time driver. Tokio offers no query for it:
+/// creating a timer without one panics, so ask by creating one (not polled, nothing is
+/// registered) and catching that panic. Only called on the slow path.
+fn runtime_has_timer() -> bool {
+    std::panic::catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO))).is_ok()
 }
 
 impl Shared {
     /// The slow path: join the refresh in flight, or start one, or fail fast while backing
-    /// off; then wait for its outcome.
+    /// off; then wait for its outcome (no longer than until it is presumed stuck).
     pub(super) async fn wait_for_token(self: &Arc<Self>) -> Result<AccessToken, Error> {
-        let mut rx = match self.join_or_start()? {
+        let (mut rx, deadline) = match self.join_or_start()? {
             Next::Ready(token) => return Ok(token),
-            Next::Wait(rx) => rx,
+            Next::Wait(rx, deadline) => (rx, deadline),
         };
-        let outcome = match rx.wait_for(Option::is_some).await {
-            Ok(outcome) => outcome.clone(),
-            Err(_) => None,
+        let waited = if runtime_has_timer() {
+            tokio::time::timeout_at(deadline, rx.wait_for(Option::is_some)).await
+        } else {
+            // Without timers the refresh task cannot have started on this runtime; it runs
+            // on another one, whose own timeout bounds it.
+            Ok(rx.wait_for(Option::is_some).await)
         };
+        let outcome =
+            match waited {
+                Ok(Ok(outcome)) => outcome.clone(),
+                Ok(Err(_closed)) => None,
+                Err(_elapsed) => return Err(aborted(
+                    "did not finish in time (its task may sit on a runtime that is not running)",
+                )),
+            };
         outcome.unwrap_or_else(|| {
-            Err(Error::new(
-                Kind::RefreshAborted,
-                "the token refresh ended without an answer (the runtime is shutting down, or \
-                 the token source panicked); the next request will try again",
+            Err(aborted(
+                "ended without an answer (the runtime is shutting down, or the token source \
+                 panicked)",
             ))
         })
     }
@@ -93,17 +140,16 @@ impl Shared {
                 return Ok(Next::Ready(entry.token.clone()));
             }
         }
-        if flight.is_running() {
-            if let Some(rx) = &flight.running {
-                return Ok(Next::Wait(rx.clone()));
-            }
+        if let Some(running) = flight.running_at(now) {
+            return Ok(Next::Wait(running.rx.clone(), running.deadline));
         }
         if let (Some(retry_at), Some(error)) = (flight.retry_at, &flight.last_error) {
             if now < retry_at {
                 return Err(error.clone());
             }
         }
-        self.start(&mut flight, false).map(Next::Wait)
+        let running = self.start(&mut flight, now, false)?;
+        Ok(Next::Wait(running.rx.clone(), running.deadline))
     }
 
     /// A stale token was served at `now`: make sure one background refresh is under way,
@@ -127,7 +173,7 @@ impl Shared {
             .as_deref()
             .is_some_and(|e| e.schedule.freshness(now) == Freshness::Stale);
         if stale {
-            if let Err(error) = self.start(&mut flight, true) {
+            if let Err(error) = self.start(&mut flight, now, true) {
                 tracing::warn!(%error, "could not start a background token refresh");
             }
         }
@@ -138,43 +184,69 @@ impl Shared {
     /// refresh runs already or the backoff forbids it.
     pub(super) fn replace_dropped(self: &Arc<Self>, flight: &mut Flight, now: Instant) {
         if flight.may_start(now) {
-            if let Err(error) = self.start(flight, false) {
+            if let Err(error) = self.start(flight, now, false) {
                 tracing::warn!(%error, "could not start a token refresh after a 401");
             }
         }
     }
 
     /// Start the one refresh. Called with the flight lock held and no refresh running.
-    fn start(
+    fn start<'f>(
         self: &Arc<Self>,
-        flight: &mut Flight,
+        flight: &'f mut Flight,
+        now: Instant,
         background: bool,
-    ) -> Result<watch::Receiver<Outcome>, Error> {
+    ) -> Result<&'f Running, Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::config(
                 "no Tokio runtime is running: docplanner-auth refreshes tokens in a Tokio task \
                  (with the time driver enabled); call it from within a Tokio runtime",
             )
         })?;
+        if !runtime_has_timer() {
+            let error = Error::config(
+                "the Tokio runtime has no time driver: docplanner-auth needs timers for \
+                 token request timeouts and backoff; build the runtime with enable_time() \
+                 (or enable_all())",
+            );
+            return Err(self.record_failure(flight, error, now));
+        }
         let (tx, rx) = watch::channel(None);
-        flight.running = Some(rx.clone());
-        self.not_before.store(u64::MAX, Ordering::Release);
+        flight.generation = flight.generation.wrapping_add(1);
+        let generation = flight.generation;
+        let deadline = now
+            .checked_add(
+                self.config
+                    .request_timeout
+                    .saturating_add(self.config.request_timeout.min(STUCK_REFRESH_GRACE)),
+            )
+            .unwrap_or_else(|| far_future(now));
         self.counters.token_requests.fetch_add(1, Ordering::Relaxed);
         if background {
             self.counters
                 .background_refreshes
                 .fetch_add(1, Ordering::Relaxed);
         }
-        runtime.spawn(Arc::clone(self).run(tx));
-        Ok(rx)
+        runtime.spawn(Arc::clone(self).run(generation, tx));
+        Ok(flight.running.insert(Running {
+            rx,
+            generation,
+            deadline,
+        }))
     }
 
     /// The refresh task: fetch (with the request timeout), publish, tell the waiters.
-    async fn run(self: Arc<Self>, tx: watch::Sender<Outcome>) {
+    async fn run(self: Arc<Self>, generation: u64, tx: watch::Sender<Outcome>) {
         let mut guard = Unstick {
             shared: &self,
+            generation,
             armed: true,
         };
+        // Set here, not in `start`: a task dropped before it ever runs (spawned on a
+        // runtime that is shutting down) must not leave the stale path switched off.
+        if self.lock_flight().is_current(generation) {
+            self.not_before.store(u64::MAX, Ordering::Release);
+        }
         let timeout = self.config.request_timeout;
         let result = match tokio::time::timeout(timeout, self.source.fetch()).await {
             Ok(Ok(token)) => Ok(token),
@@ -187,82 +259,123 @@ impl Shared {
                 ),
             )),
         };
-        let outcome = self.complete(result);
+        let outcome = self.complete(generation, result);
         guard.armed = false;
         tx.send_replace(Some(outcome));
     }
 
     /// Publish the outcome of a refresh: store a new token, or record the failure and the
-    /// backoff. A failure never touches the stored token.
-    fn complete(&self, result: Result<AccessToken, Error>) -> Result<AccessToken, Error> {
+    /// backoff. A failure never touches the stored token. The outcome of a refresh that
+    /// was presumed stuck and replaced only reaches its own waiters.
+    fn complete(
+        &self,
+        generation: u64,
+        result: Result<AccessToken, Error>,
+    ) -> Result<AccessToken, Error> {
         let now = Instant::now();
         let mut flight = self.lock_flight();
-        flight.running = None;
-        match result {
-            Ok(mut token) => {
-                let current = self.current.load();
-                let same_as = |old: Option<&AccessToken>| {
-                    old.filter(|o| o.same_secret(&token)).map(AccessToken::id)
-                };
-                if let Some(id) = same_as(flight.rejected.as_ref())
-                    .or_else(|| same_as(current.as_deref().map(|e| &e.token)))
-                {
-                    token.set_id(id);
-                }
-                let schedule = self.config.policy.schedule(
-                    token.obtained(),
-                    token.expires_at(),
-                    fastrand::f64(),
-                );
-                self.current.store(Some(Arc::new(Entry {
-                    token: token.clone(),
-                    schedule,
-                })));
-                flight.failures = 0;
-                flight.last_error = None;
-                flight.retry_at = None;
-                self.not_before.store(0, Ordering::Release);
-                tracing::debug!(lifetime = ?token.lifetime(), "new access token stored");
-                Ok(token)
-            }
-            Err(error) => {
-                flight.failures = flight.failures.saturating_add(1);
-                let delay = self.config.backoff.delay(
-                    flight.failures,
-                    error.is_permanent(),
-                    error.retry_after(),
-                    fastrand::f64(),
-                );
-                let retry_at = now + delay;
-                flight.retry_at = Some(retry_at);
-                flight.last_error = Some(error.clone());
-                self.not_before
-                    .store(self.nanos_since_epoch(retry_at), Ordering::Release);
-                self.counters.token_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    %error,
-                    failures = flight.failures,
-                    retry_in = ?delay,
-                    "token refresh failed; backing off"
-                );
-                Err(error)
-            }
+        if !flight.is_current(generation) {
+            return result;
         }
+        flight.running = None;
+        let mut token = match result {
+            Ok(token) => token,
+            Err(error) => return Err(self.record_failure(&mut flight, error, now)),
+        };
+        let current = self.current.load();
+        let same_as =
+            |old: Option<&AccessToken>| old.filter(|o| o.same_secret(&token)).map(AccessToken::id);
+        if let Some(id) = same_as(flight.rejected.as_ref())
+            .or_else(|| same_as(current.as_deref().map(|e| &e.token)))
+        {
+            token.set_id(id);
+        }
+        let schedule =
+            self.config
+                .policy
+                .schedule(token.obtained(), token.expires_at(), fastrand::f64());
+        if schedule.freshness(now) == Freshness::Expired {
+            let error = Error::new(
+                Kind::InvalidResponse,
+                format!(
+                    "the token arrived already expired (lifetime {:?}, obtained {:?} ago): the \
+                     token endpoint is too slow for such short tokens, or the token source \
+                     returned an old token",
+                    token.lifetime(),
+                    now.saturating_duration_since(token.obtained())
+                ),
+            );
+            return Err(self.record_failure(&mut flight, error, now));
+        }
+        self.current.store(Some(Arc::new(Entry {
+            token: token.clone(),
+            schedule,
+        })));
+        flight.failures = 0;
+        flight.last_error = None;
+        flight.retry_at = None;
+        flight.rejected = None;
+        self.not_before.store(0, Ordering::Release);
+        tracing::debug!(lifetime = ?token.lifetime(), "new access token stored");
+        Ok(token)
+    }
+
+    /// Count a failed refresh and set the backoff; returns the error for the waiters.
+    fn record_failure(&self, flight: &mut Flight, error: Error, now: Instant) -> Error {
+        flight.failures = flight.failures.saturating_add(1);
+        let delay = self.config.backoff.delay(
+            flight.failures,
+            error.is_permanent(),
+            error.retry_after(),
+            fastrand::f64(),
+        );
+        let retry_at = now.checked_add(delay).unwrap_or_else(|| far_future(now));
+        flight.retry_at = Some(retry_at);
+        flight.last_error = Some(error.clone());
+        self.not_before
+            .store(self.nanos_since_epoch(retry_at), Ordering::Release);
+        self.counters.token_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            %error,
+            failures = flight.failures,
+            retry_in = ?delay,
+            "token refresh failed; backing off"
+        );
+        error
     }
 }
 
-/// Clears the running refresh if its task ends without completing (cancelled with the
-/// runtime, or the token source panicked), so that the next caller starts a new one.
+/// A day from `now`: the furthest we ever schedule anything (an absurd configured delay
+/// must not overflow the clock).
+fn far_future(now: Instant) -> Instant {
+    now + Duration::from_secs(24 * 60 * 60)
+}
+
+/// Ends the running refresh if its task ends without completing: cancelled with the
+/// runtime (the next caller starts a new one), or the token source panicked (recorded as
+/// a failure, with its backoff, so a source that always panics is not called in a loop).
 struct Unstick<'a> {
     shared: &'a Shared,
+    generation: u64,
     armed: bool,
 }
 
 impl Drop for Unstick<'_> {
     fn drop(&mut self) {
-        if self.armed {
-            let mut flight = self.shared.lock_flight();
-            flight.running = None;
+        if !self.armed {
+            return;
+        }
+        let mut flight = self.shared.lock_flight();
+        if !flight.is_current(self.generation) {
+            return;
+        }
+        flight.running = None;
+        if std::thread::panicking() {
+            let error =
+                aborted("panicked (a bug in the token source, or a runtime without a time driver)");
+            self.shared
+                .record_failure(&mut flight, error, Instant::now());
+        } else {
             self.shared.not_before.store(0, Ordering::Release);
         }
     }

@@ -68,6 +68,7 @@ use crate::source::{ErasedSource, TokenSource};
 use crate::token::AccessToken;
 
 use self::flight::Flight;
+pub use self::flight::STUCK_REFRESH_GRACE;
 pub use self::policy::{
     Backoff, RefreshPolicy, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP, DEFAULT_BACKOFF_JITTER,
     DEFAULT_EXPIRY_MARGIN, DEFAULT_FORCED_REFRESH_INTERVAL, DEFAULT_PERMANENT_BACKOFF_BASE,

@@ -18,6 +18,7 @@ use super::response::{parse, Context};
 use super::{TokenSource, DEFAULT_SCOPE, MAX_TOKEN_RESPONSE_BYTES};
 use crate::error::{BoxError, Error, Kind};
 use crate::origin::{require_secure, Origin};
+use crate::secret::sensitive_header;
 use crate::token::AccessToken;
 
 /// The OAuth2 client-credentials grant (RFC 6749 §4.4) over any tower HTTP service `C`.
@@ -291,13 +292,18 @@ impl ClientCredentialsBuilder {
                 "the scope must be non-empty printable ASCII without `\"` or `\\` (RFC 6749 §3.3)",
             ));
         }
-        let credentials = Zeroizing::new(format!("{}:{}", self.client_id, self.secret.as_str()));
-        let encoded = Zeroizing::new(
-            base64::engine::general_purpose::STANDARD.encode(credentials.as_bytes()),
-        );
-        let mut authorization = HeaderValue::try_from(format!("Basic {}", encoded.as_str()))
+        // Sized up front so that no reallocation leaves an unwiped copy behind.
+        let mut credentials = Zeroizing::new(String::with_capacity(
+            self.client_id.len() + 1 + self.secret.len(),
+        ));
+        credentials.push_str(&self.client_id);
+        credentials.push(':');
+        credentials.push_str(&self.secret);
+        let mut basic = String::with_capacity(6 + credentials.len().div_ceil(3) * 4);
+        basic.push_str("Basic ");
+        base64::engine::general_purpose::STANDARD.encode_string(credentials.as_bytes(), &mut basic);
+        let authorization = sensitive_header(basic.into_bytes())
             .map_err(|_| Error::config("the client id or secret cannot be sent in a header"))?;
-        authorization.set_sensitive(true);
         let form = format!(
             "grant_type=client_credentials&scope={}",
             form_encode(&self.scope)

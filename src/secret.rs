@@ -1,0 +1,44 @@
+//! Secrets in memory: bytes that are wiped when dropped, headers marked sensitive.
+
+use bytes::Bytes;
+use http::header::InvalidHeaderValue;
+use http::HeaderValue;
+use zeroize::Zeroize;
+
+/// Bytes that are wiped when the last `Bytes` sharing them is dropped.
+struct Wiped(Vec<u8>);
+
+impl AsRef<[u8]> for Wiped {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+/// A header value holding a secret: marked sensitive (never HPACK-indexed, hidden by
+/// `Debug`), sharing `bytes` without copying them, and wiping them when the last copy of
+/// the header is dropped (or at once, when they are not a valid header value).
+pub(crate) fn sensitive_header(bytes: Vec<u8>) -> Result<HeaderValue, InvalidHeaderValue> {
+    let mut header = HeaderValue::from_maybe_shared(Bytes::from_owner(Wiped(bytes)))?;
+    header.set_sensitive(true);
+    Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn sensitive_and_shared() {
+        let header = sensitive_header(b"Bearer abc".to_vec()).unwrap();
+        assert!(header.is_sensitive());
+        assert_eq!(header, "Bearer abc");
+        assert!(sensitive_header(b"a\nb".to_vec()).is_err());
+    }
+}
