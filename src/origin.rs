@@ -16,6 +16,8 @@ pub(crate) struct Origin {
     https: bool,
     host: String,
     port: u16,
+    /// `host:port`, compared as a string with request authorities on the hot path.
+    host_port: String,
 }
 
 impl Origin {
@@ -46,10 +48,14 @@ impl Origin {
             .host()
             .filter(|h| !h.is_empty())
             .ok_or_else(|| Error::config(format!("the {what} `{url}` has no host")))?;
+        let host = host.to_ascii_lowercase();
+        let default_port = if https { 443 } else { 80 };
+        let port = uri.port_u16().unwrap_or(default_port);
         let origin = Self {
             https,
-            host: host.to_ascii_lowercase(),
-            port: uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
+            host_port: format!("{host}:{port}"),
+            host,
+            port,
         };
         if !https && !origin.is_loopback() {
             return Err(Error::new(
@@ -76,10 +82,14 @@ impl Origin {
         is_loopback_host(&self.host)
     }
 
-    /// Whether `uri` points at this origin's host and port (scheme aside). No allocation.
+    /// Whether a URI authority (`host` or `host:port`) names this origin, for a request
+    /// whose scheme is `https` (or not). An authority with user info never matches. No
+    /// parsing, no allocation.
     #[inline]
-    pub(crate) fn matches(&self, host: &str, port: u16) -> bool {
-        self.port == port && self.host.eq_ignore_ascii_case(host)
+    pub(crate) fn matches(&self, authority: &str, https: bool) -> bool {
+        let default_port = if https { 443 } else { 80 };
+        authority.eq_ignore_ascii_case(&self.host_port)
+            || (self.port == default_port && authority.eq_ignore_ascii_case(&self.host))
     }
 }
 
@@ -135,8 +145,14 @@ mod tests {
     #[test]
     fn config_origins() {
         let o = Origin::parse_config("API base", "https://WWW.Doctoralia.es/api").unwrap();
-        assert!(o.matches("www.doctoralia.es", 443));
-        assert!(!o.matches("www.doctoralia.es", 8443));
+        assert!(o.matches("www.doctoralia.es", true));
+        assert!(o.matches("WWW.doctoralia.es:443", true));
+        assert!(!o.matches("www.doctoralia.es:8443", true));
+        assert!(!o.matches("www.doctoralia.es", false), "http means port 80");
+        assert!(!o.matches("user@www.doctoralia.es", true));
+        assert!(!o.matches("www.doctoralia.es.evil.com", true));
+        let o = Origin::parse_config("x", "https://127.0.0.1:8443").unwrap();
+        assert!(o.matches("127.0.0.1:8443", true) && !o.matches("127.0.0.1", true));
         assert!(Origin::parse_config("x", "http://127.0.0.1:8080").is_ok());
         let e = Origin::parse_config("x", "http://www.doctoralia.es").unwrap_err();
         assert!(e.is_insecure_scheme());

@@ -52,10 +52,12 @@ pin_project! {
     #[project = StateProj]
     enum State<F, B, R> {
         Refused { error: Option<Error> },
-        Token { token: TokenFuture, request: Option<Request<B>> },
+        // Slow paths keep their request boxed, so that the hot path's future stays small
+        // (it is moved a few times per request).
+        Token { token: TokenFuture, request: Option<Box<Request<B>>> },
         Called { #[pin] future: F },
         Refresh { token: TokenFuture, rejected: Option<R> },
-        Ready { request: Option<Request<ReplayBody<B>>> },
+        Ready { request: Option<Box<Request<ReplayBody<B>>>> },
         Replayed { #[pin] future: F },
     }
 }
@@ -104,7 +106,7 @@ where
             },
             None => State::Token {
                 token: token_future(&attempt.cache),
-                request: Some(request),
+                request: Some(Box::new(request)),
             },
         };
         Self {
@@ -187,7 +189,7 @@ where
                 StateProj::Token { token, request } => {
                     let token = ready!(token.as_mut().poll(cx))?;
                     let request = request.take().ok_or_else(gone)?;
-                    let future = attempt.send(request, token.header_value().clone(), token.id());
+                    let future = attempt.send(*request, token.header_value().clone(), token.id());
                     this.state.set(State::Called { future });
                 }
                 StateProj::Called { future } => {
@@ -222,7 +224,7 @@ where
                     // The 401 is not needed any more: drop it (and its body) before the replay.
                     drop(rejected);
                     this.state.set(State::Ready {
-                        request: Some(request),
+                        request: Some(Box::new(request)),
                     });
                 }
                 StateProj::Ready { request } => {
@@ -230,7 +232,7 @@ where
                     let request = request.take().ok_or_else(gone)?;
                     attempt.cache.count_replay();
                     tracing::debug!("replaying a request with a new token after a 401");
-                    let future = attempt.inner.call(request);
+                    let future = attempt.inner.call(*request);
                     this.state.set(State::Replayed { future });
                 }
                 StateProj::Replayed { future } => {

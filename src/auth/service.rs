@@ -82,13 +82,14 @@ impl Config {
     /// May a token be attached to a request for `uri`? No allocation on success.
     #[inline]
     pub(crate) fn check(&self, uri: &Uri) -> Result<(), Error> {
-        let (Some(scheme), Some(host)) = (uri.scheme(), uri.host()) else {
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return Err(Error::new(
                 Kind::HostNotAllowed,
                 "refused to attach the token to a request without an absolute URI: give the \
                  full https://… URL (a base-URL layer must run before this one)",
             ));
         };
+        let host = authority.host();
         let https = *scheme == Scheme::HTTPS;
         let loopback_ok =
             self.allow_http_loopback && *scheme == Scheme::HTTP && is_loopback_host(host);
@@ -102,12 +103,15 @@ impl Config {
                 ),
             ));
         }
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        if !self.origins.iter().any(|o| o.matches(host, port)) {
+        if !self
+            .origins
+            .iter()
+            .any(|o| o.matches(authority.as_str(), https))
+        {
             return Err(Error::new(
                 Kind::HostNotAllowed,
                 format!(
-                    "refused to attach the token to a request for {host}:{port}: not a \
+                    "refused to attach the token to a request for {host}: not a \
                      configured API host ({:?}); add it with allow_api_base if it should \
                      receive the token",
                     self.origins
