@@ -17,6 +17,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use zeroize::Zeroizing;
+
 use crate::error::Error;
 
 /// A Docplanner market: its local domain.
@@ -162,11 +164,122 @@ impl FromStr for Domain {
     }
 }
 
+/// The environment variable holding the client id.
+pub const ENV_CLIENT_ID: &str = "DOCPLANNER_CLIENT_ID";
+/// The environment variable holding the client secret.
+pub const ENV_CLIENT_SECRET: &str = "DOCPLANNER_CLIENT_SECRET";
+/// The environment variable holding the market: a domain (`doctoralia.es`) or a country
+/// code (`es`).
+pub const ENV_DOMAIN: &str = "DOCPLANNER_DOMAIN";
+
+/// Everything needed to authenticate to one market: domain, client id and secret.
+///
+/// `Debug` never shows the secret, and it is zeroized on drop.
+///
+/// ```
+/// use docplanner_auth::docplanner::{Credentials, Domain};
+///
+/// // In production: `Credentials::from_env()?`, reading DOCPLANNER_DOMAIN,
+/// // DOCPLANNER_CLIENT_ID and DOCPLANNER_CLIENT_SECRET.
+/// let vars = [("DOCPLANNER_DOMAIN", "pl"), ("DOCPLANNER_CLIENT_ID", "42_abc"), ("DOCPLANNER_CLIENT_SECRET", "s3cret")];
+/// let credentials = Credentials::from_lookup(|name| {
+///     vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string())
+/// })?;
+/// assert_eq!(credentials.domain(), &Domain::Poland);
+/// assert!(!format!("{credentials:?}").contains("s3cret"));
+///
+/// let missing = Credentials::from_lookup(|_| None).unwrap_err();
+/// assert!(missing.to_string().contains("DOCPLANNER_DOMAIN"));
+/// # Ok::<(), docplanner_auth::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Credentials {
+    domain: Domain,
+    client_id: String,
+    client_secret: Zeroizing<String>,
+}
+
+impl Credentials {
+    /// Credentials for `domain`.
+    pub fn new(domain: Domain, client_id: &str, client_secret: &str) -> Self {
+        Self {
+            domain,
+            client_id: client_id.to_owned(),
+            client_secret: Zeroizing::new(client_secret.to_owned()),
+        }
+    }
+
+    /// Read [`ENV_DOMAIN`], [`ENV_CLIENT_ID`] and [`ENV_CLIENT_SECRET`]; the error names
+    /// the variable that is missing or invalid.
+    pub fn from_env() -> Result<Self, Error> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// As [`from_env`](Self::from_env), with the variables looked up by `lookup`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let get = |name: &str, what: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| Error::config(format!("{name} is not set: set it to {what}")))
+        };
+        let domain_name = get(
+            ENV_DOMAIN,
+            "a Docplanner domain (doctoralia.es) or a country code (es)",
+        )?;
+        let domain = domain_name.parse::<Domain>().map_err(|_| {
+            Error::config(format!(
+                "{ENV_DOMAIN}=`{domain_name}` is not a Docplanner domain: use a domain name such \
+                 as doctoralia.es, or a country code (ar br cl co cz es it mx pe pt tr pl de)"
+            ))
+        })?;
+        let client_id = get(ENV_CLIENT_ID, "the client id Docplanner gave you")?;
+        if client_id.contains(':') || client_id.chars().any(char::is_control) {
+            return Err(Error::config(format!(
+                "{ENV_CLIENT_ID} contains `:` or a control character: check the client id"
+            )));
+        }
+        let client_secret = Zeroizing::new(get(
+            ENV_CLIENT_SECRET,
+            "the client secret Docplanner gave you",
+        )?);
+        Ok(Self {
+            domain,
+            client_id,
+            client_secret,
+        })
+    }
+
+    /// The market.
+    pub fn domain(&self) -> &Domain {
+        &self.domain
+    }
+
+    /// The client id (not a secret).
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub(crate) fn client_secret(&self) -> &str {
+        &self.client_secret
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("domain", &self.domain)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .finish()
+    }
+}
+
 #[cfg(feature = "client")]
 mod one_line {
     use http_body::Body;
 
-    use super::Domain;
+    use super::{Credentials, Domain};
     use crate::client::{https_client, HttpsClient};
     use crate::error::{BoxError, Error};
     use crate::{BearerAuth, BearerAuthLayer, ClientCredentials, ReplayBody, TokenCache};
@@ -210,6 +323,31 @@ mod one_line {
         let layer = layer(&domain, client_id, client_secret)?;
         Ok(BearerAuth::new(https_client()?, &layer))
     }
+
+    impl Credentials {
+        /// A token cache for these credentials (see [`cache`](super::cache)).
+        #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+        pub fn cache(&self) -> Result<TokenCache, Error> {
+            cache(&self.domain, &self.client_id, self.client_secret())
+        }
+
+        /// A ready layer for these credentials (see [`layer`](super::layer)).
+        #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+        pub fn layer(&self) -> Result<BearerAuthLayer, Error> {
+            layer(&self.domain, &self.client_id, self.client_secret())
+        }
+
+        /// A ready authenticated HTTPS client for these credentials (see
+        /// [`client`](super::client)).
+        #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+        pub fn client<B>(&self) -> Result<BearerAuth<HttpsClient<ReplayBody<B>>>, Error>
+        where
+            B: Body + Send + 'static,
+            B::Error: Into<BoxError>,
+        {
+            Ok(BearerAuth::new(https_client()?, &self.layer()?))
+        }
+    }
 }
 
 #[cfg(feature = "client")]
@@ -228,6 +366,49 @@ mod tests {
             assert_eq!(d.country_code().unwrap().parse::<Domain>().unwrap(), d);
             assert_eq!(d.host().parse::<Domain>().unwrap(), d);
             assert!(d.token_url().starts_with("https://www."));
+        }
+    }
+
+    #[test]
+    fn credentials_from_the_environment_name_the_bad_variable() {
+        let vars = |domain: &'static str, id: &'static str, secret: &'static str| {
+            move |name: &str| {
+                let value = match name {
+                    ENV_DOMAIN => domain,
+                    ENV_CLIENT_ID => id,
+                    ENV_CLIENT_SECRET => secret,
+                    _ => "",
+                };
+                Some(value.to_owned())
+            }
+        };
+        let ok = Credentials::from_lookup(vars("doctoralia.com.br", "1_x", "sec")).unwrap();
+        assert_eq!(ok.domain(), &Domain::Brazil);
+        assert_eq!(ok.client_id(), "1_x");
+        for (lookup, named) in [
+            (Credentials::from_lookup(vars("", "1_x", "sec")), ENV_DOMAIN),
+            (
+                Credentials::from_lookup(vars("nowhere", "1_x", "sec")),
+                ENV_DOMAIN,
+            ),
+            (
+                Credentials::from_lookup(vars("es", "", "sec")),
+                ENV_CLIENT_ID,
+            ),
+            (
+                Credentials::from_lookup(vars("es", "a:b", "sec")),
+                ENV_CLIENT_ID,
+            ),
+            (
+                Credentials::from_lookup(vars("es", "1_x", " ")),
+                ENV_CLIENT_SECRET,
+            ),
+        ] {
+            let error = lookup.unwrap_err();
+            assert!(
+                error.is_config() && error.to_string().contains(named),
+                "{error}"
+            );
         }
     }
 

@@ -127,6 +127,77 @@ pub(crate) fn require_secure(
     }
 }
 
+/// Where a token may be attached: a list of API origins, https only (plain http to a
+/// loopback origin with the opt-in). Shared by every adapter (tower layer, reqwest).
+#[derive(Clone, Debug)]
+pub(crate) struct Scope {
+    origins: Vec<Origin>,
+    allow_http_loopback: bool,
+}
+
+impl Scope {
+    pub(crate) fn new(origin: Origin) -> Self {
+        Self {
+            origins: vec![origin],
+            allow_http_loopback: false,
+        }
+    }
+
+    pub(crate) fn add(&mut self, origin: Origin) {
+        self.origins.push(origin);
+    }
+
+    pub(crate) fn allow_http_loopback(&mut self, allow: bool) {
+        self.allow_http_loopback = allow;
+    }
+
+    /// May a token be attached to a request for `uri`? No allocation on success.
+    #[inline]
+    pub(crate) fn check_uri(&self, uri: &Uri) -> Result<(), Error> {
+        match (uri.scheme(), uri.authority()) {
+            (Some(scheme), Some(authority)) => {
+                self.check(scheme.as_str(), authority.as_str(), authority.host())
+            }
+            _ => Err(Error::new(
+                Kind::HostNotAllowed,
+                "refused to attach the token to a request without an absolute URI: give the \
+                 full https://… URL (a base-URL layer must run before this one)",
+            )),
+        }
+    }
+
+    /// May a token be attached to a request with this scheme, authority (`host[:port]`,
+    /// as written in the URL) and host?
+    #[inline]
+    pub(crate) fn check(&self, scheme: &str, authority: &str, host: &str) -> Result<(), Error> {
+        let https = scheme.eq_ignore_ascii_case(Scheme::HTTPS.as_str());
+        let loopback_ok = self.allow_http_loopback
+            && scheme.eq_ignore_ascii_case(Scheme::HTTP.as_str())
+            && is_loopback_host(host);
+        if !https && !loopback_ok {
+            return Err(Error::new(
+                Kind::InsecureScheme,
+                format!(
+                    "refused to attach the token to a {scheme}:// request for {host}: tokens \
+                     only travel over https (for a loopback test server, opt in with \
+                     allow_http_loopback(true))"
+                ),
+            ));
+        }
+        if !self.origins.iter().any(|o| o.matches(authority, https)) {
+            return Err(Error::new(
+                Kind::HostNotAllowed,
+                format!(
+                    "refused to attach the token to a request for {host}: not a configured API \
+                     host ({:?}); add it with allow_api_base if it should receive the token",
+                    self.origins
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

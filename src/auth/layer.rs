@@ -8,7 +8,7 @@ use super::body::DEFAULT_REPLAY_LIMIT;
 use super::service::BearerAuth;
 use crate::cache::TokenCache;
 use crate::error::Error;
-use crate::origin::Origin;
+use crate::origin::{Origin, Scope};
 
 /// Adds `Authorization: Bearer <token>` to every request, from a shared [`TokenCache`].
 ///
@@ -24,8 +24,7 @@ pub struct BearerAuthLayer {
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub(crate) cache: TokenCache,
-    pub(crate) origins: Vec<Origin>,
-    pub(crate) allow_http_loopback: bool,
+    pub(crate) scope: Scope,
     pub(crate) replay_limit: usize,
 }
 
@@ -40,8 +39,7 @@ impl BearerAuthLayer {
         Ok(Self {
             config: Arc::new(Config {
                 cache,
-                origins: vec![origin],
-                allow_http_loopback: false,
+                scope: Scope::new(origin),
                 replay_limit: DEFAULT_REPLAY_LIMIT,
             }),
         })
@@ -50,7 +48,7 @@ impl BearerAuthLayer {
     /// Also authenticate requests to the host of `api_base`.
     pub fn allow_api_base(mut self, api_base: &str) -> Result<Self, Error> {
         let origin = Origin::parse_config("API base", api_base)?;
-        Arc::make_mut(&mut self.config).origins.push(origin);
+        Arc::make_mut(&mut self.config).scope.add(origin);
         Ok(self)
     }
 
@@ -58,7 +56,9 @@ impl BearerAuthLayer {
     /// `localhost`), for tests against a local mock. Off by default; the fake Docplanner of
     /// the `test-util` feature speaks HTTPS and does not need it.
     pub fn allow_http_loopback(mut self, allow: bool) -> Self {
-        Arc::make_mut(&mut self.config).allow_http_loopback = allow;
+        Arc::make_mut(&mut self.config)
+            .scope
+            .allow_http_loopback(allow);
         self
     }
 

@@ -3,16 +3,14 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::uri::Scheme;
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
 use super::body::ReplayBody;
 use super::future::ResponseFuture;
 use super::layer::{BearerAuthLayer, Config};
-use crate::error::{BoxError, Error, Kind};
-use crate::origin::is_loopback_host;
+use crate::error::BoxError;
 
 /// Middleware that authenticates requests with a bearer token; see [`BearerAuthLayer`].
 ///
@@ -66,7 +64,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        if let Err(error) = self.config.check(request.uri()) {
+        if let Err(error) = self.config.scope.check_uri(request.uri()) {
             self.config.cache.count_refused();
             tracing::warn!(%error, "request refused before sending");
             return ResponseFuture::refused(error);
@@ -75,49 +73,5 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         ResponseFuture::new(inner, &self.config, request)
-    }
-}
-
-impl Config {
-    /// May a token be attached to a request for `uri`? No allocation on success.
-    #[inline]
-    pub(crate) fn check(&self, uri: &Uri) -> Result<(), Error> {
-        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-            return Err(Error::new(
-                Kind::HostNotAllowed,
-                "refused to attach the token to a request without an absolute URI: give the \
-                 full https://… URL (a base-URL layer must run before this one)",
-            ));
-        };
-        let host = authority.host();
-        let https = *scheme == Scheme::HTTPS;
-        let loopback_ok =
-            self.allow_http_loopback && *scheme == Scheme::HTTP && is_loopback_host(host);
-        if !https && !loopback_ok {
-            return Err(Error::new(
-                Kind::InsecureScheme,
-                format!(
-                    "refused to attach the token to a {scheme}:// request for {host}: tokens \
-                     only travel over https (for a loopback test server, opt in with \
-                     allow_http_loopback(true))"
-                ),
-            ));
-        }
-        if !self
-            .origins
-            .iter()
-            .any(|o| o.matches(authority.as_str(), https))
-        {
-            return Err(Error::new(
-                Kind::HostNotAllowed,
-                format!(
-                    "refused to attach the token to a request for {host}: not a \
-                     configured API host ({:?}); add it with allow_api_base if it should \
-                     receive the token",
-                    self.origins
-                ),
-            ));
-        }
-        Ok(())
     }
 }
