@@ -260,8 +260,15 @@ impl Credentials {
         &self.client_id
     }
 
-    pub(crate) fn client_secret(&self) -> &str {
-        &self.client_secret
+    /// The OAuth2 client-credentials source for these credentials over your own HTTP
+    /// service (any tower service; see [`ClientCredentials`](crate::ClientCredentials)).
+    pub fn client_credentials<C>(&self, client: C) -> Result<crate::ClientCredentials<C>, Error> {
+        crate::ClientCredentials::new(
+            client,
+            &self.domain.token_url(),
+            &self.client_id,
+            &self.client_secret,
+        )
     }
 }
 
@@ -282,7 +289,7 @@ mod one_line {
     use super::{Credentials, Domain};
     use crate::client::{https_client, HttpsClient};
     use crate::error::{BoxError, Error};
-    use crate::{BearerAuth, BearerAuthLayer, ClientCredentials, ReplayBody, TokenCache};
+    use crate::{BearerAuth, BearerAuthLayer, ReplayBody, TokenCache};
 
     /// A token cache for `domain`'s token endpoint, fetching over the built-in HTTPS
     /// client. Share it between stacks so they use one token.
@@ -292,9 +299,7 @@ mod one_line {
         client_id: &str,
         client_secret: &str,
     ) -> Result<TokenCache, Error> {
-        let http = https_client::<http_body_util::Full<bytes::Bytes>>()?;
-        let source = ClientCredentials::new(http, &domain.token_url(), client_id, client_secret)?;
-        Ok(TokenCache::new(source))
+        Credentials::new(domain.clone(), client_id, client_secret).cache()
     }
 
     /// A ready layer for `domain`: tokens from its token endpoint (over the built-in
@@ -328,13 +333,15 @@ mod one_line {
         /// A token cache for these credentials (see [`cache`](super::cache)).
         #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
         pub fn cache(&self) -> Result<TokenCache, Error> {
-            cache(&self.domain, &self.client_id, self.client_secret())
+            let http = https_client::<http_body_util::Full<bytes::Bytes>>()?;
+            let source = self.client_credentials(http)?;
+            Ok(TokenCache::builder(source).name(self.domain.name()).build())
         }
 
         /// A ready layer for these credentials (see [`layer`](super::layer)).
         #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
         pub fn layer(&self) -> Result<BearerAuthLayer, Error> {
-            layer(&self.domain, &self.client_id, self.client_secret())
+            BearerAuthLayer::new(self.cache()?, &self.domain.api_base())
         }
 
         /// A ready authenticated HTTPS client for these credentials (see

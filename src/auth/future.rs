@@ -231,7 +231,6 @@ where
                     ready!(attempt.inner.poll_ready(cx)).map_err(Into::into)?;
                     let request = request.take().ok_or_else(gone)?;
                     attempt.cache.count_replay();
-                    tracing::debug!("replaying a request with a new token after a 401");
                     let future = attempt.inner.call(*request);
                     this.state.set(State::Replayed { future });
                 }

@@ -65,8 +65,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         if let Err(error) = self.config.scope.check_uri(request.uri()) {
-            self.config.cache.count_refused();
-            tracing::warn!(%error, "request refused before sending");
+            self.config.cache.count_refused(&error);
             return ResponseFuture::refused(error);
         }
         // Use the service that was polled ready; leave a fresh clone in its place.

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
-use super::{Entry, Freshness, Shared};
+use super::{Entry, Freshness, Shared, Trigger};
 use crate::error::{Error, Kind};
 use crate::token::AccessToken;
 
@@ -148,7 +149,7 @@ impl Shared {
                 return Err(error.clone());
             }
         }
-        let running = self.start(&mut flight, now, false)?;
+        let running = self.start(&mut flight, now, Trigger::Waiting)?;
         Ok(Next::Wait(running.rx.clone(), running.deadline))
     }
 
@@ -173,7 +174,7 @@ impl Shared {
             .as_deref()
             .is_some_and(|e| e.schedule.freshness(now) == Freshness::Stale);
         if stale {
-            if let Err(error) = self.start(&mut flight, now, true) {
+            if let Err(error) = self.start(&mut flight, now, Trigger::Background) {
                 tracing::warn!(%error, "could not start a background token refresh");
             }
         }
@@ -184,7 +185,7 @@ impl Shared {
     /// refresh runs already or the backoff forbids it.
     pub(super) fn replace_dropped(self: &Arc<Self>, flight: &mut Flight, now: Instant) {
         if flight.may_start(now) {
-            if let Err(error) = self.start(flight, now, false) {
+            if let Err(error) = self.start(flight, now, Trigger::Rejected) {
                 tracing::warn!(%error, "could not start a token refresh after a 401");
             }
         }
@@ -195,7 +196,7 @@ impl Shared {
         self: &Arc<Self>,
         flight: &'f mut Flight,
         now: Instant,
-        background: bool,
+        trigger: Trigger,
     ) -> Result<&'f Running, Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::config(
@@ -221,13 +222,8 @@ impl Shared {
                     .saturating_add(self.config.request_timeout.min(STUCK_REFRESH_GRACE)),
             )
             .unwrap_or_else(|| far_future(now));
-        self.counters.token_requests.fetch_add(1, Ordering::Relaxed);
-        if background {
-            self.counters
-                .background_refreshes
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        runtime.spawn(Arc::clone(self).run(generation, tx));
+        let span = self.observer.refresh_started(trigger);
+        runtime.spawn(Arc::clone(self).run(generation, tx).instrument(span));
         Ok(flight.running.insert(Running {
             rx,
             generation,
@@ -248,6 +244,7 @@ impl Shared {
             self.not_before.store(u64::MAX, Ordering::Release);
         }
         let timeout = self.config.request_timeout;
+        let started = Instant::now();
         let result = match tokio::time::timeout(timeout, self.source.fetch()).await {
             Ok(Ok(token)) => Ok(token),
             Ok(Err(error)) => Err(Error::from_source(error)),
@@ -259,6 +256,8 @@ impl Shared {
                 ),
             )),
         };
+        self.observer
+            .refresh_done(&tracing::Span::current(), &result, started.elapsed());
         let outcome = self.complete(generation, result);
         guard.armed = false;
         tx.send_replace(Some(outcome));
@@ -316,7 +315,7 @@ impl Shared {
         flight.retry_at = None;
         flight.rejected = None;
         self.not_before.store(0, Ordering::Release);
-        tracing::debug!(lifetime = ?token.lifetime(), "new access token stored");
+        self.observer.token_stored(&token);
         Ok(token)
     }
 
@@ -334,13 +333,7 @@ impl Shared {
         flight.last_error = Some(error.clone());
         self.not_before
             .store(self.nanos_since_epoch(retry_at), Ordering::Release);
-        self.counters.token_failures.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            %error,
-            failures = flight.failures,
-            retry_in = ?delay,
-            "token refresh failed; backing off"
-        );
+        self.observer.backing_off(&error, flight.failures, delay);
         error
     }
 }

@@ -52,10 +52,11 @@
 //! ```
 
 mod flight;
+mod observe;
 mod policy;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -69,6 +70,8 @@ use crate::token::AccessToken;
 
 use self::flight::Flight;
 pub use self::flight::STUCK_REFRESH_GRACE;
+pub use self::observe::CacheStats;
+use self::observe::{Observer, Trigger};
 pub use self::policy::{
     Backoff, RefreshPolicy, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP, DEFAULT_BACKOFF_JITTER,
     DEFAULT_EXPIRY_MARGIN, DEFAULT_FORCED_REFRESH_INTERVAL, DEFAULT_PERMANENT_BACKOFF_BASE,
@@ -100,7 +103,7 @@ struct Shared {
     not_before: AtomicU64,
     /// Slow-path state: the refresh in flight, failures and backoff, forced refreshes.
     flight: Mutex<Flight>,
-    counters: Counters,
+    observer: Observer,
 }
 
 /// A token and its refresh schedule, as stored in the `ArcSwap`.
@@ -144,6 +147,7 @@ impl TokenCache {
                 request_timeout: DEFAULT_TOKEN_REQUEST_TIMEOUT,
                 forced_interval: DEFAULT_FORCED_REFRESH_INTERVAL,
             },
+            name: "docplanner".to_owned(),
         }
     }
 
@@ -175,9 +179,18 @@ impl TokenCache {
         self.shared.reject(token.id(), false) == Rejection::Invalidated
     }
 
-    /// A snapshot of what this cache has done so far.
+    /// A snapshot of what this cache has done so far (with feature `metrics`, this also
+    /// refreshes the remaining-lifetime gauge).
     pub fn stats(&self) -> CacheStats {
-        self.shared.counters.snapshot()
+        let current = self.shared.current.load();
+        self.shared
+            .observer
+            .snapshot(current.as_deref().map(|e| &e.token))
+    }
+
+    /// The cache's name, used as the `cache` label of metrics and tracing.
+    pub fn name(&self) -> &str {
+        self.shared.observer.name()
     }
 
     /// The hot path: the header of a token that may be sent now, and the token's id.
@@ -193,15 +206,14 @@ impl TokenCache {
         self.shared.reject(used_id, true)
     }
 
+    /// A request is replayed with a new token after a 401.
     pub(crate) fn count_replay(&self) {
-        self.shared.counters.replays.fetch_add(1, Ordering::Relaxed);
+        self.shared.observer.replayed();
     }
 
-    pub(crate) fn count_refused(&self) {
-        self.shared
-            .counters
-            .refused_requests
-            .fetch_add(1, Ordering::Relaxed);
+    /// A request was refused before sending (`error` says why).
+    pub(crate) fn count_refused(&self, error: &Error) {
+        self.shared.observer.refused(error);
     }
 }
 
@@ -245,8 +257,7 @@ impl Shared {
             return Rejection::Replaced;
         }
         if rate_limited && flight.forced_too_recently(now, self.config.forced_interval) {
-            self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!("401 for the current token ignored: a forced refresh ran too recently");
+            self.observer.rate_limited();
             return Rejection::RateLimited;
         }
         let previous = self.current.compare_and_swap(&*current, None);
@@ -258,8 +269,7 @@ impl Shared {
             return Rejection::Replaced;
         }
         flight.note_rejected(entry.token.clone(), now);
-        self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!("token invalidated after the API rejected it");
+        self.observer.invalidated();
         self.replace_dropped(&mut flight, now);
         Rejection::Invalidated
     }
@@ -269,6 +279,7 @@ impl Shared {
 pub struct TokenCacheBuilder {
     source: Box<dyn ErasedSource>,
     config: Config,
+    name: String,
 }
 
 impl TokenCacheBuilder {
@@ -318,6 +329,13 @@ impl TokenCacheBuilder {
         self
     }
 
+    /// The name of this cache in metrics and tracing (label `cache`); default
+    /// `docplanner`, and the market's domain for the caches of [`docplanner`](crate::docplanner).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// The cache. It fetches nothing until the first token is asked for.
     pub fn build(self) -> TokenCache {
         TokenCache {
@@ -328,7 +346,7 @@ impl TokenCacheBuilder {
                 epoch: Instant::now(),
                 not_before: AtomicU64::new(0),
                 flight: Mutex::new(Flight::default()),
-                counters: Counters::default(),
+                observer: Observer::new(self.name),
             }),
         }
     }
@@ -337,6 +355,7 @@ impl TokenCacheBuilder {
 impl fmt::Debug for TokenCacheBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenCacheBuilder")
+            .field("name", &self.name)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -354,54 +373,9 @@ impl fmt::Debug for TokenCache {
             },
         };
         f.debug_struct("TokenCache")
+            .field("name", &self.name())
             .field("token", &state)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
-    }
-}
-
-/// What a [`TokenCache`] has done since it was built (see [`TokenCache::stats`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct CacheStats {
-    /// Token requests started (each refresh is one, whatever the number of waiters).
-    pub token_requests: u64,
-    /// Token requests that failed.
-    pub token_failures: u64,
-    /// Token requests started in the background while a valid token was being served.
-    pub background_refreshes: u64,
-    /// Tokens dropped because the API rejected them (or [`TokenCache::invalidate`]).
-    pub invalidations: u64,
-    /// 401 answers that did not force a refresh because one had just run.
-    pub rate_limited_401s: u64,
-    /// Requests replayed with a new token after a 401.
-    pub replays: u64,
-    /// Requests refused before sending (insecure scheme or foreign host).
-    pub refused_requests: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    token_requests: AtomicU64,
-    token_failures: AtomicU64,
-    background_refreshes: AtomicU64,
-    invalidations: AtomicU64,
-    rate_limited: AtomicU64,
-    replays: AtomicU64,
-    refused_requests: AtomicU64,
-}
-
-impl Counters {
-    fn snapshot(&self) -> CacheStats {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        CacheStats {
-            token_requests: get(&self.token_requests),
-            token_failures: get(&self.token_failures),
-            background_refreshes: get(&self.background_refreshes),
-            invalidations: get(&self.invalidations),
-            rate_limited_401s: get(&self.rate_limited),
-            replays: get(&self.replays),
-            refused_requests: get(&self.refused_requests),
-        }
     }
 }

@@ -155,12 +155,12 @@ impl FakeDocplanner {
     /// A token cache fetching from this fake with its credentials: over HTTPS if it was
     /// started, in process otherwise.
     pub fn cache(&self) -> Result<TokenCache, BoxError> {
-        Ok(TokenCache::new(self.credentials()?))
+        Ok(self.cache_builder()?.build())
     }
 
     /// A cache builder over [`credentials`](Self::credentials), to tune the policy.
     pub fn cache_builder(&self) -> Result<crate::TokenCacheBuilder, BoxError> {
-        Ok(TokenCache::builder(self.credentials()?))
+        Ok(TokenCache::builder(self.credentials()?).name("fake-docplanner"))
     }
 
     /// The client-credentials source for this fake, boxed so both transports share a type.
@@ -198,6 +198,11 @@ impl FakeDocplanner {
     /// What the fake has seen so far.
     pub fn stats(&self) -> FakeStats {
         self.state.stats()
+    }
+
+    /// Every token string issued so far (to check that none leaks into logs or output).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.state.issued_tokens()
     }
 
     /// The lifetime (`expires_in`) of tokens issued from now on.

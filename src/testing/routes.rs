@@ -177,6 +177,10 @@ impl State {
         }
     }
 
+    pub(crate) fn issued_tokens(&self) -> Vec<String> {
+        lock(&self.tokens).keys().cloned().collect()
+    }
+
     pub(crate) fn set_reissue(&self, on: bool) {
         self.reissue.store(on, Ordering::Relaxed);
     }

@@ -89,3 +89,52 @@ pub fn booking_json() -> Bytes {
 
 /// The type of body the inner service sees.
 pub type Sent = ReplayBody<Full<Bytes>>;
+
+/// A quickstart-like run over real HTTPS: cold start, revocation and replay, a failing
+/// token endpoint, a refused request, rejected credentials that the server echoes.
+pub async fn full_run(fake: &docplanner_auth::testing::FakeDocplanner) -> Result<(), BoxError> {
+    let cache = fake.cache()?;
+    let client = tower::ServiceBuilder::new()
+        .layer(fake.layer(cache.clone())?)
+        .service(fake.client::<docplanner_auth::ReplayBody<Full<Bytes>>>()?);
+    let get = |url: String| {
+        let client = client.clone();
+        async move {
+            let request = Request::get(url).body(Full::<Bytes>::default())?;
+            client.oneshot(request).await
+        }
+    };
+    let facilities = format!("{}/facilities", fake.api_base());
+    let burst: Vec<_> = (0..20).map(|_| get(facilities.clone())).collect();
+    for response in futures_util::future::join_all(burst).await {
+        assert_eq!(response?.status(), StatusCode::OK);
+    }
+    fake.revoke_all_tokens();
+    assert_eq!(get(facilities.clone()).await?.status(), StatusCode::OK);
+    assert!(get("http://www.example.org/x".to_owned()).await.is_err());
+
+    // A failing endpoint, then rejected credentials whose description echoes the secret.
+    let failing = fake.cache()?;
+    fake.fail_next_token_requests(
+        1,
+        docplanner_auth::testing::TokenFault::Status {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            retry_after: Some(3),
+        },
+    );
+    assert!(failing.token().await.is_err());
+    let echoing = fake.cache()?;
+    fake.fail_next_token_requests(
+        1,
+        docplanner_auth::testing::TokenFault::Body {
+            status: StatusCode::BAD_REQUEST,
+            content_type: "application/json",
+            body: format!(
+                r#"{{"error":"invalid_client","error_description":"bad secret {}"}}"#,
+                fake.client_secret()
+            ),
+        },
+    );
+    assert!(echoing.token().await.is_err());
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! What a cache reports about itself, in one place per event: the [`CacheStats`]
+//! counters (always), `tracing` events, and `metrics` (feature `metrics`).
+//!
+//! Nothing here ever sees a secret: events carry the cache's name, counts, durations and
+//! error messages (which are built never to contain a secret or a token).
+//!
+//! # Metrics (feature `metrics`)
+//!
+//! Emitted through the [`metrics`](https://docs.rs/metrics) facade, so any exporter
+//! (Prometheus, OpenTelemetry…) picks them up; every one has the label `cache` (the
+//! cache's [name](super::TokenCacheBuilder::name), by default the market's domain).
+//!
+//! | name | kind | labels | meaning |
+//! |---|---|---|---|
+//! | `docplanner_auth_token_fetches_total` | counter | `outcome` = `ok`, `transient_error`, `permanent_error` | token requests, by outcome |
+//! | `docplanner_auth_token_fetch_duration_seconds` | histogram | `outcome` | how long each token request took |
+//! | `docplanner_auth_invalidations_total` | counter | | tokens dropped after a 401 |
+//! | `docplanner_auth_rate_limited_401s_total` | counter | | 401s that did not force a refresh (one ran too recently) |
+//! | `docplanner_auth_replays_total` | counter | | requests replayed with a new token after a 401 |
+//! | `docplanner_auth_refused_requests_total` | counter | `reason` = `insecure_scheme`, `host_not_allowed` | requests refused before sending |
+//! | `docplanner_auth_token_remaining_seconds` | gauge | | the current token's remaining lifetime, updated when a token is stored or dropped and on every [`stats`](super::TokenCache::stats) call |
+//! | `docplanner_auth_token_expiry_timestamp_seconds` | gauge | | Unix time at which the current token expires (exact at any moment; 0 without a token) |
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::token::AccessToken;
+
+/// What a [`TokenCache`](super::TokenCache) has done since it was built (see
+/// [`TokenCache::stats`](super::TokenCache::stats)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Token requests started (each refresh is one, whatever the number of waiters).
+    pub token_requests: u64,
+    /// Token requests that failed.
+    pub token_failures: u64,
+    /// Token requests started in the background while a valid token was being served.
+    pub background_refreshes: u64,
+    /// Tokens dropped because the API rejected them (or [`TokenCache::invalidate`](super::TokenCache::invalidate)).
+    pub invalidations: u64,
+    /// 401 answers that did not force a refresh because one had just run.
+    pub rate_limited_401s: u64,
+    /// Requests replayed with a new token after a 401.
+    pub replays: u64,
+    /// Requests refused before sending (insecure scheme or foreign host).
+    pub refused_requests: u64,
+}
+
+/// Why a refresh started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trigger {
+    /// Callers had no usable token and wait for this one.
+    Waiting,
+    /// The token is stale; callers keep it meanwhile.
+    Background,
+    /// The API rejected the token (401).
+    Rejected,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Waiting => "waiting",
+            Trigger::Background => "background",
+            Trigger::Rejected => "after_401",
+        }
+    }
+}
+
+/// The counters and the cache's name, reporting each event.
+#[derive(Debug, Default)]
+pub(crate) struct Observer {
+    name: String,
+    token_requests: AtomicU64,
+    token_failures: AtomicU64,
+    background_refreshes: AtomicU64,
+    invalidations: AtomicU64,
+    rate_limited: AtomicU64,
+    replays: AtomicU64,
+    refused_requests: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Observer {
+    pub(crate) fn new(name: String) -> Self {
+        Self {
+            name,
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn snapshot(&self, current: Option<&AccessToken>) -> CacheStats {
+        self.token_gauges(current);
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CacheStats {
+            token_requests: get(&self.token_requests),
+            token_failures: get(&self.token_failures),
+            background_refreshes: get(&self.background_refreshes),
+            invalidations: get(&self.invalidations),
+            rate_limited_401s: get(&self.rate_limited),
+            replays: get(&self.replays),
+            refused_requests: get(&self.refused_requests),
+        }
+    }
+
+    /// The span of one refresh; the outcome and duration are recorded in it when done.
+    pub(crate) fn refresh_started(&self, trigger: Trigger) -> tracing::Span {
+        bump(&self.token_requests);
+        if trigger == Trigger::Background {
+            bump(&self.background_refreshes);
+        }
+        tracing::info_span!(
+            "docplanner_auth.refresh",
+            cache = %self.name,
+            trigger = trigger.as_str(),
+            outcome = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+        )
+    }
+
+    /// A refresh ended (before any backoff is decided).
+    pub(crate) fn refresh_done(
+        &self,
+        span: &tracing::Span,
+        result: &Result<AccessToken, Error>,
+        took: Duration,
+    ) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(e) if e.is_transient() => "transient_error",
+            Err(_) => "permanent_error",
+        };
+        let duration_ms = took.as_millis() as u64;
+        span.record("outcome", outcome);
+        span.record("duration_ms", duration_ms);
+        tracing::debug!(cache = %self.name, outcome, duration_ms, "token request done");
+        #[cfg(feature = "metrics")]
+        {
+            let labels = [
+                ("cache", self.name.clone()),
+                ("outcome", outcome.to_owned()),
+            ];
+            metrics::counter!("docplanner_auth_token_fetches_total", &labels).increment(1);
+            metrics::histogram!("docplanner_auth_token_fetch_duration_seconds", &labels)
+                .record(took.as_secs_f64());
+        }
+    }
+
+    pub(crate) fn token_stored(&self, token: &AccessToken) {
+        tracing::info!(cache = %self.name, lifetime_s = token.lifetime().as_secs(), "new access token stored");
+        self.token_gauges(Some(token));
+    }
+
+    pub(crate) fn backing_off(&self, error: &Error, failures: u32, delay: Duration) {
+        bump(&self.token_failures);
+        tracing::warn!(
+            cache = %self.name,
+            %error,
+            failures,
+            retry_in_ms = delay.as_millis() as u64,
+            "token refresh failed; backing off"
+        );
+    }
+
+    pub(crate) fn invalidated(&self) {
+        bump(&self.invalidations);
+        tracing::info!(cache = %self.name, "token invalidated: the API rejected it (401)");
+        self.token_gauges(None);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("docplanner_auth_invalidations_total", "cache" => self.name.clone())
+            .increment(1);
+    }
+
+    pub(crate) fn rate_limited(&self) {
+        bump(&self.rate_limited);
+        tracing::debug!(
+            cache = %self.name,
+            "401 for the current token: no forced refresh, one ran too recently"
+        );
+        #[cfg(feature = "metrics")]
+        metrics::counter!("docplanner_auth_rate_limited_401s_total", "cache" => self.name.clone())
+            .increment(1);
+    }
+
+    pub(crate) fn replayed(&self) {
+        bump(&self.replays);
+        tracing::debug!(cache = %self.name, "replaying a request with a new token after a 401");
+        #[cfg(feature = "metrics")]
+        metrics::counter!("docplanner_auth_replays_total", "cache" => self.name.clone())
+            .increment(1);
+    }
+
+    pub(crate) fn refused(&self, error: &Error) {
+        bump(&self.refused_requests);
+        tracing::warn!(cache = %self.name, %error, "request refused before sending");
+        #[cfg(feature = "metrics")]
+        {
+            let reason = if error.is_insecure_scheme() {
+                "insecure_scheme"
+            } else {
+                "host_not_allowed"
+            };
+            metrics::counter!(
+                "docplanner_auth_refused_requests_total",
+                "cache" => self.name.clone(),
+                "reason" => reason
+            )
+            .increment(1);
+        }
+    }
+
+    /// The remaining-lifetime and expiry gauges for the current token (none: zero).
+    #[allow(unused_variables)]
+    fn token_gauges(&self, current: Option<&AccessToken>) {
+        #[cfg(feature = "metrics")]
+        {
+            let remaining = current.map_or(Duration::ZERO, |t| {
+                t.expires_at()
+                    .saturating_duration_since(tokio::time::Instant::now())
+            });
+            let expiry = current.map_or(0.0, |_| {
+                (std::time::SystemTime::now() + remaining)
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64())
+            });
+            metrics::gauge!("docplanner_auth_token_remaining_seconds", "cache" => self.name.clone())
+                .set(remaining.as_secs_f64());
+            metrics::gauge!("docplanner_auth_token_expiry_timestamp_seconds", "cache" => self.name.clone())
+                .set(expiry);
+        }
+    }
+}
