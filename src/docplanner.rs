@@ -338,6 +338,22 @@ mod one_line {
             Ok(TokenCache::builder(source).name(self.domain.name()).build())
         }
 
+        /// A token cache for these credentials that shares its token through `store`
+        /// with every other cache (or replica) using the same store and credentials.
+        #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+        pub fn shared_cache(
+            &self,
+            store: impl crate::store::TokenStore,
+        ) -> Result<TokenCache, Error> {
+            let http = https_client::<http_body_util::Full<bytes::Bytes>>()?;
+            let source = self.client_credentials(http)?;
+            let key = source.store_key();
+            Ok(TokenCache::builder(source)
+                .name(self.domain.name())
+                .store(store, key)
+                .build())
+        }
+
         /// A ready layer for these credentials (see [`layer`](super::layer)).
         #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
         pub fn layer(&self) -> Result<BearerAuthLayer, Error> {

@@ -72,6 +72,8 @@ pub(crate) enum Kind {
     HostNotAllowed,
     /// The configuration given to a constructor is not usable.
     Config,
+    /// A shared token store failed (never shown to a request: the cache works around it).
+    Store,
 }
 
 impl Error {
@@ -193,6 +195,12 @@ impl Error {
     /// A constructor was given an unusable configuration (bad URL, empty client id, …).
     pub fn is_config(&self) -> bool {
         self.inner.kind == Kind::Config
+    }
+
+    /// A shared token store ([`TokenStore`](crate::store::TokenStore)) failed. Requests
+    /// never see such an error: the cache falls back to fetching on its own.
+    pub fn is_store(&self) -> bool {
+        self.inner.kind == Kind::Store
     }
 
     /// The HTTP status the token endpoint answered, when the error comes from one.

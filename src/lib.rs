@@ -104,6 +104,7 @@ mod error;
 mod origin;
 mod secret;
 pub mod source;
+pub mod store;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;

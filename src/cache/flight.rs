@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
+use super::fleet::Known;
 use super::{Entry, Freshness, Shared, Trigger};
 use crate::error::{Error, Kind};
 use crate::token::AccessToken;
@@ -215,13 +216,11 @@ impl Shared {
         let (tx, rx) = watch::channel(None);
         flight.generation = flight.generation.wrapping_add(1);
         let generation = flight.generation;
-        let deadline = now
-            .checked_add(
-                self.config
-                    .request_timeout
-                    .saturating_add(self.config.request_timeout.min(STUCK_REFRESH_GRACE)),
-            )
-            .unwrap_or_else(|| far_future(now));
+        let timeout = self.config.request_timeout;
+        let budget = timeout
+            .saturating_add(timeout.min(STUCK_REFRESH_GRACE))
+            .saturating_add(self.fleet.as_ref().map_or(Duration::ZERO, |f| f.budget()));
+        let deadline = now.checked_add(budget).unwrap_or_else(|| far_future(now));
         let span = self.observer.refresh_started(trigger);
         runtime.spawn(Arc::clone(self).run(generation, tx).instrument(span));
         Ok(flight.running.insert(Running {
@@ -243,19 +242,15 @@ impl Shared {
         if self.lock_flight().is_current(generation) {
             self.not_before.store(u64::MAX, Ordering::Release);
         }
-        let timeout = self.config.request_timeout;
-        let started = Instant::now();
-        let result = match tokio::time::timeout(timeout, self.source.fetch()).await {
-            Ok(Ok(token)) => Ok(token),
-            Ok(Err(error)) => Err(Error::from_source(error)),
-            Err(_) => Err(Error::new(
-                Kind::Timeout,
-                format!(
-                    "the token request took longer than {timeout:?} and was abandoned; \
-                     it will be retried with backoff (tune it with token_request_timeout)"
-                ),
-            )),
+        let known = {
+            let flight = self.lock_flight();
+            Known {
+                current: self.current.load().as_deref().map(|e| e.token.clone()),
+                rejected: flight.rejected.clone(),
+            }
         };
+        let started = Instant::now();
+        let result = self.obtain(known).await;
         self.observer
             .refresh_done(&tracing::Span::current(), &result, started.elapsed());
         let outcome = self.complete(generation, result);

@@ -51,6 +51,7 @@
 //! # Ok(()) }
 //! ```
 
+mod fleet;
 mod flight;
 mod observe;
 mod policy;
@@ -66,8 +67,11 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::source::{ErasedSource, TokenSource};
+use crate::store::{StoreKey, TokenStore};
 use crate::token::AccessToken;
 
+use self::fleet::Fleet;
+pub use self::fleet::DEFAULT_STORE_TIMEOUT;
 use self::flight::Flight;
 pub use self::flight::STUCK_REFRESH_GRACE;
 pub use self::observe::CacheStats;
@@ -104,6 +108,8 @@ struct Shared {
     /// Slow-path state: the refresh in flight, failures and backoff, forced refreshes.
     flight: Mutex<Flight>,
     observer: Observer,
+    /// The shared store, if any: consulted only when a refresh is due.
+    fleet: Option<Fleet>,
 }
 
 /// A token and its refresh schedule, as stored in the `ArcSwap`.
@@ -148,6 +154,8 @@ impl TokenCache {
                 forced_interval: DEFAULT_FORCED_REFRESH_INTERVAL,
             },
             name: "docplanner".to_owned(),
+            store: None,
+            store_timeout: DEFAULT_STORE_TIMEOUT,
         }
     }
 
@@ -280,6 +288,8 @@ pub struct TokenCacheBuilder {
     source: Box<dyn ErasedSource>,
     config: Config,
     name: String,
+    store: Option<(Arc<dyn TokenStore>, StoreKey)>,
+    store_timeout: Duration,
 }
 
 impl TokenCacheBuilder {
@@ -336,6 +346,19 @@ impl TokenCacheBuilder {
         self
     }
 
+    /// Share tokens through `store` under `key` with every other cache (in this process or
+    /// in other replicas) using the same store and key; see [`store`](crate::store).
+    pub fn store(mut self, store: impl TokenStore, key: StoreKey) -> Self {
+        self.store = Some((Arc::new(store), key));
+        self
+    }
+
+    /// The timeout of each store operation (default [`DEFAULT_STORE_TIMEOUT`]).
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = timeout;
+        self
+    }
+
     /// The cache. It fetches nothing until the first token is asked for.
     pub fn build(self) -> TokenCache {
         TokenCache {
@@ -347,6 +370,9 @@ impl TokenCacheBuilder {
                 not_before: AtomicU64::new(0),
                 flight: Mutex::new(Flight::default()),
                 observer: Observer::new(self.name),
+                fleet: self.store.map(|(store, key)| {
+                    Fleet::new(store, key, self.store_timeout, self.config.request_timeout)
+                }),
             }),
         }
     }

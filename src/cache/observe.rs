@@ -17,6 +17,8 @@
 //! | `docplanner_auth_invalidations_total` | counter | | tokens dropped after a 401 |
 //! | `docplanner_auth_rate_limited_401s_total` | counter | | 401s that did not force a refresh (one ran too recently) |
 //! | `docplanner_auth_replays_total` | counter | | requests replayed with a new token after a 401 |
+//! | `docplanner_auth_store_adoptions_total` | counter | | tokens adopted from a shared store instead of fetched |
+//! | `docplanner_auth_store_faults_total` | counter | | store fault episodes (each logged once) |
 //! | `docplanner_auth_refused_requests_total` | counter | `reason` = `insecure_scheme`, `host_not_allowed` | requests refused before sending |
 //! | `docplanner_auth_token_remaining_seconds` | gauge | | the current token's remaining lifetime, updated when a token is stored or dropped and on every [`stats`](super::TokenCache::stats) call |
 //! | `docplanner_auth_token_expiry_timestamp_seconds` | gauge | | Unix time at which the current token expires (exact at any moment; 0 without a token) |
@@ -46,6 +48,12 @@ pub struct CacheStats {
     pub replays: u64,
     /// Requests refused before sending (insecure scheme or foreign host).
     pub refused_requests: u64,
+    /// Tokens adopted from a shared [`TokenStore`](crate::store::TokenStore) (refreshed by
+    /// another cache or replica) instead of fetched.
+    pub store_adoptions: u64,
+    /// Episodes of store faults (a store that fails 1,000 times in a row is one episode,
+    /// logged once); the cache fetches on its own during them.
+    pub store_faults: u64,
 }
 
 /// Why a refresh started.
@@ -80,6 +88,8 @@ pub(crate) struct Observer {
     rate_limited: AtomicU64,
     replays: AtomicU64,
     refused_requests: AtomicU64,
+    store_adoptions: AtomicU64,
+    store_faults: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -109,12 +119,13 @@ impl Observer {
             rate_limited_401s: get(&self.rate_limited),
             replays: get(&self.replays),
             refused_requests: get(&self.refused_requests),
+            store_adoptions: get(&self.store_adoptions),
+            store_faults: get(&self.store_faults),
         }
     }
 
     /// The span of one refresh; the outcome and duration are recorded in it when done.
     pub(crate) fn refresh_started(&self, trigger: Trigger) -> tracing::Span {
-        bump(&self.token_requests);
         if trigger == Trigger::Background {
             bump(&self.background_refreshes);
         }
@@ -125,6 +136,29 @@ impl Observer {
             outcome = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
         )
+    }
+
+    /// A request to the token source starts.
+    pub(crate) fn fetching(&self) {
+        bump(&self.token_requests);
+    }
+
+    /// A token refreshed by another cache or replica was taken from the store.
+    pub(crate) fn adopted(&self) {
+        bump(&self.store_adoptions);
+        tracing::debug!(cache = %self.name, "token adopted from the shared store");
+        #[cfg(feature = "metrics")]
+        metrics::counter!("docplanner_auth_store_adoptions_total", "cache" => self.name.clone())
+            .increment(1);
+    }
+
+    /// A store fault episode starts (logged once; the cache works without the store).
+    pub(crate) fn store_fault(&self, error: &Error) {
+        bump(&self.store_faults);
+        tracing::warn!(cache = %self.name, %error, "token store fault");
+        #[cfg(feature = "metrics")]
+        metrics::counter!("docplanner_auth_store_faults_total", "cache" => self.name.clone())
+            .increment(1);
     }
 
     /// A refresh ended (before any backoff is decided).

@@ -91,6 +91,12 @@ impl<C> ClientCredentials<C> {
         &self.scope
     }
 
+    /// The key under which a [`TokenStore`](crate::store::TokenStore) shares this grant's
+    /// tokens: a hash of (token URL, client id, scope), never the secret.
+    pub fn store_key(&self) -> crate::store::StoreKey {
+        crate::store::StoreKey::new(&self.token_url.to_string(), &self.client_id, &self.scope)
+    }
+
     /// The HTTP service the token requests go through.
     pub fn get_ref(&self) -> &C {
         &self.client

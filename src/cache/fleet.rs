@@ -1,0 +1,269 @@
+//! Refreshing through a shared [`TokenStore`]: adopt a newer token, or take the lock and
+//! fetch, or wait for the replica that holds it. Store faults fall back to fetching alone.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::observe::Observer;
+use super::{Freshness, Shared};
+use crate::error::{BoxError, Error, Kind};
+use crate::store::{SharedToken, StoreKey, TokenStore};
+use crate::token::AccessToken;
+
+/// Default timeout of each store operation: 500 ms. A healthy Redis answers in well under
+/// a millisecond; past half a second the cache stops waiting and fetches on its own.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The first pause between two looks at the store while another replica refreshes; it
+/// doubles up to [`MAX_STORE_POLL`].
+const FIRST_STORE_POLL: Duration = Duration::from_millis(25);
+/// The longest pause between two looks at the store while waiting.
+const MAX_STORE_POLL: Duration = Duration::from_millis(250);
+
+/// A cache's view of its store.
+pub(super) struct Fleet {
+    store: Arc<dyn TokenStore>,
+    key: StoreKey,
+    /// Identifies this cache as a lock holder.
+    owner: String,
+    timeout: Duration,
+    /// How long the refresh lock is held at most, and how long a replica waits for
+    /// another one's refresh: the token request timeout twice.
+    lock_ttl: Duration,
+    /// False during a store fault episode: the fault is logged once, its end once.
+    healthy: AtomicBool,
+}
+
+impl Fleet {
+    pub(super) fn new(
+        store: Arc<dyn TokenStore>,
+        key: StoreKey,
+        timeout: Duration,
+        request_timeout: Duration,
+    ) -> Self {
+        Self {
+            store,
+            key,
+            owner: format!("{:032x}", fastrand::u128(..)),
+            timeout,
+            lock_ttl: request_timeout.saturating_mul(2),
+            healthy: AtomicBool::new(true),
+        }
+    }
+
+    /// The longest a refresh through the store may take: waiting for the lock, then
+    /// fetching.
+    pub(super) fn budget(&self) -> Duration {
+        self.lock_ttl
+    }
+
+    /// One store operation, with its timeout. A fault is logged once per episode and
+    /// reported as `Err(())`: the caller then works without the store.
+    async fn call<T>(
+        &self,
+        observer: &Observer,
+        what: &str,
+        op: impl Future<Output = Result<T, BoxError>>,
+    ) -> Result<T, ()> {
+        let result = match tokio::time::timeout(self.timeout, op).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(Error::with_source(
+                Kind::Store,
+                format!("the token store failed to {what}; fetching tokens without it meanwhile"),
+                error,
+            )),
+            Err(_) => Err(Error::new(
+                Kind::Store,
+                format!(
+                    "the token store took longer than {:?} to {what}; fetching tokens without \
+                     it meanwhile",
+                    self.timeout
+                ),
+            )),
+        };
+        match result {
+            Ok(value) => {
+                if !self.healthy.swap(true, Ordering::Relaxed) {
+                    tracing::info!("the token store works again");
+                }
+                Ok(value)
+            }
+            Err(error) => {
+                if self.healthy.swap(false, Ordering::Relaxed) {
+                    observer.store_fault(&error);
+                }
+                Err(())
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fleet")
+            .field("key", &self.key)
+            .field("healthy", &self.healthy.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Tokens this cache already has or rejected: a store holding one of them has nothing new.
+pub(super) struct Known {
+    pub(super) current: Option<AccessToken>,
+    pub(super) rejected: Option<AccessToken>,
+}
+
+impl Known {
+    fn contains(&self, stored: &SharedToken) -> bool {
+        [&self.current, &self.rejected]
+            .into_iter()
+            .flatten()
+            .any(|t| stored.is(t))
+    }
+
+    fn is_rejected(&self, stored: &SharedToken) -> bool {
+        self.rejected.as_ref().is_some_and(|t| stored.is(t))
+    }
+}
+
+impl Shared {
+    /// A new token: from the store if a replica has one, else fetched (by us, holding the
+    /// store's lock, or alone if the store fails).
+    pub(super) async fn obtain(&self, known: Known) -> Result<AccessToken, Error> {
+        let Some(fleet) = &self.fleet else {
+            return self.fetch().await;
+        };
+        let key = fleet.key.as_str();
+        match fleet
+            .call(&self.observer, "read the token", fleet.store.load(key))
+            .await
+        {
+            Err(()) => return self.fetch().await,
+            Ok(Some(stored)) if known.is_rejected(&stored) => {
+                // Drop it fleet-wide, unless another replica replaced it meanwhile.
+                let _ = fleet
+                    .call(
+                        &self.observer,
+                        "invalidate the token",
+                        fleet.store.invalidate(key, &stored),
+                    )
+                    .await;
+            }
+            Ok(Some(stored)) if !known.contains(&stored) => {
+                if let Some(token) = self.adoptable(&stored) {
+                    return Ok(token);
+                }
+            }
+            Ok(_) => {}
+        }
+        let give_up = Instant::now() + fleet.lock_ttl;
+        let mut pause = FIRST_STORE_POLL;
+        loop {
+            match fleet
+                .call(
+                    &self.observer,
+                    "take the refresh lock",
+                    fleet.store.try_lock(key, &fleet.owner, fleet.lock_ttl),
+                )
+                .await
+            {
+                Err(()) => return self.fetch().await,
+                Ok(true) => {
+                    // The replica that held the lock may have published just before we
+                    // took it: look once more before fetching.
+                    if let Ok(Some(stored)) = fleet
+                        .call(&self.observer, "read the token", fleet.store.load(key))
+                        .await
+                    {
+                        if !known.contains(&stored) {
+                            if let Some(token) = self.adoptable(&stored) {
+                                let _ = fleet
+                                    .call(
+                                        &self.observer,
+                                        "release the refresh lock",
+                                        fleet.store.unlock(key, &fleet.owner),
+                                    )
+                                    .await;
+                                return Ok(token);
+                            }
+                        }
+                    }
+                    let result = self.fetch().await;
+                    if let Ok(token) = &result {
+                        let shared = SharedToken::from_token(token);
+                        let _ = fleet
+                            .call(
+                                &self.observer,
+                                "publish the token",
+                                fleet.store.publish(key, &shared),
+                            )
+                            .await;
+                    }
+                    let _ = fleet
+                        .call(
+                            &self.observer,
+                            "release the refresh lock",
+                            fleet.store.unlock(key, &fleet.owner),
+                        )
+                        .await;
+                    return result;
+                }
+                Ok(false) => {}
+            }
+            if Instant::now() >= give_up {
+                tracing::warn!("no token from the replica refreshing it; fetching alone");
+                return self.fetch().await;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_STORE_POLL);
+            match fleet
+                .call(&self.observer, "read the token", fleet.store.load(key))
+                .await
+            {
+                Err(()) => return self.fetch().await,
+                Ok(Some(stored)) if !known.contains(&stored) => {
+                    if let Some(token) = self.adoptable(&stored) {
+                        return Ok(token);
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// A stored token we can use now, counted as adopted.
+    fn adoptable(&self, stored: &SharedToken) -> Option<AccessToken> {
+        let token = stored.to_token().ok()?;
+        let schedule = self
+            .config
+            .policy
+            .schedule(token.obtained(), token.expires_at(), 0.0);
+        if schedule.freshness(Instant::now()) == Freshness::Expired {
+            return None;
+        }
+        self.observer.adopted();
+        Some(token)
+    }
+
+    /// One request to the token source, with the request timeout.
+    pub(super) async fn fetch(&self) -> Result<AccessToken, Error> {
+        self.observer.fetching();
+        let timeout = self.config.request_timeout;
+        match tokio::time::timeout(timeout, self.source.fetch()).await {
+            Ok(Ok(token)) => Ok(token),
+            Ok(Err(error)) => Err(Error::from_source(error)),
+            Err(_) => Err(Error::new(
+                Kind::Timeout,
+                format!(
+                    "the token request took longer than {timeout:?} and was abandoned; \
+                     it will be retried with backoff (tune it with token_request_timeout)"
+                ),
+            )),
+        }
+    }
+}

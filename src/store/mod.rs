@@ -1,0 +1,286 @@
+//! Sharing one token between caches: the [`TokenStore`] trait, the in-process
+//! [`MemoryStore`], and (feature `redis`) [`RedisStore`](crate::store::RedisStore) for a
+//! fleet of replicas.
+//!
+//! A cache with a store still serves every request from its own lock-free `ArcSwap`; it
+//! consults the store only when its token is stale, expired or rejected, that is when it
+//! would otherwise ask the token endpoint:
+//!
+//! 1. a newer token in the store is adopted (no token request);
+//! 2. otherwise the cache takes the store's refresh lock, fetches, publishes the token and
+//!    releases the lock; replicas that lost the race poll the store (a few times a second,
+//!    for a bounded time) and adopt the winner's token; past the bound, or if the lock
+//!    holder died and its lock expired, one of them takes the lock and fetches;
+//! 3. a 401 deletes the rejected token from the store, but only if it is still the one
+//!    stored (compare-and-delete), so a burst of 401s across the fleet makes one refresh.
+//!
+//! A store fault (down, slow, flushed) never fails a request: the cache falls back to
+//! fetching on its own and logs the fault once per episode.
+//!
+//! The store holds the access token and its issue and expiry times, under a key derived
+//! by a hash of (token URL, client id, scope): never the client secret.
+//!
+//! # Example: caches sharing a token in one process
+//!
+//! ```
+//! use std::time::Duration;
+//! use docplanner_auth::store::{MemoryStore, StoreKey};
+//! use docplanner_auth::{AccessToken, BoxError, TokenCache};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), docplanner_auth::Error> {
+//! let store = MemoryStore::new();
+//! let key = StoreKey::new("https://www.doctoralia.es/oauth/v2/token", "client-id", "integration");
+//! let source = || async { Ok::<_, BoxError>(AccessToken::new("t0k3n", Duration::from_secs(3600))?) };
+//! let a = TokenCache::builder(source).store(store.clone(), key.clone()).build();
+//! let b = TokenCache::builder(source).store(store, key).build();
+//!
+//! let token = a.token().await?; // fetched by `a`, published in the store
+//! let same = b.token().await?; // adopted by `b` from the store
+//! assert!(token.same_secret(&same));
+//! assert_eq!(a.stats().token_requests + b.stats().token_requests, 1);
+//! # Ok(()) }
+//! ```
+
+mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+use zeroize::Zeroizing;
+
+pub use self::memory::MemoryStore;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::RedisStore;
+
+use crate::error::{BoxError, Error, Kind};
+use crate::token::AccessToken;
+
+/// The future returned by every [`TokenStore`] operation.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send + 'a>>;
+
+/// A place where caches (in one process, or across replicas) share a token, with a lock so
+/// that only one of them refreshes it.
+///
+/// Object-safe: every operation returns a boxed future. Each is called with a timeout
+/// around it (see [`TokenCacheBuilder::store_timeout`](crate::TokenCacheBuilder::store_timeout)),
+/// and any error is logged and worked around, never shown to a request.
+pub trait TokenStore: Send + Sync + 'static {
+    /// The token stored under `key`, if any.
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<SharedToken>>;
+
+    /// Store `token` under `key` (replacing any other), until it expires.
+    fn publish<'a>(&'a self, key: &'a str, token: &'a SharedToken) -> StoreFuture<'a, ()>;
+
+    /// Take the refresh lock of `key` for `owner` for at most `ttl`, if nobody holds it.
+    /// Returns whether it was taken.
+    fn try_lock<'a>(&'a self, key: &'a str, owner: &'a str, ttl: Duration)
+        -> StoreFuture<'a, bool>;
+
+    /// Release the refresh lock of `key` if `owner` still holds it.
+    fn unlock<'a>(&'a self, key: &'a str, owner: &'a str) -> StoreFuture<'a, ()>;
+
+    /// Delete the token under `key` if it is still `token` (compare-and-delete). Returns
+    /// whether it was deleted.
+    fn invalidate<'a>(&'a self, key: &'a str, token: &'a SharedToken) -> StoreFuture<'a, bool>;
+}
+
+/// A token as a store keeps it: the token string and when it was issued and expires, as
+/// Unix times in milliseconds (replicas share wall-clock time, not monotonic instants).
+///
+/// `Debug` never shows the token; the string is zeroized on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SharedToken {
+    token: Zeroizing<String>,
+    issued_at_ms: u64,
+    expires_at_ms: u64,
+}
+
+const FORMAT: &str = "v1";
+
+impl SharedToken {
+    /// The shared form of `token`.
+    pub fn from_token(token: &AccessToken) -> Self {
+        let now = Instant::now();
+        let wall = unix_ms(SystemTime::now());
+        let ago = now.saturating_duration_since(token.obtained()).as_millis() as u64;
+        let left = token
+            .expires_at()
+            .saturating_duration_since(now)
+            .as_millis() as u64;
+        Self {
+            token: Zeroizing::new(token.secret().to_owned()),
+            issued_at_ms: wall.saturating_sub(ago),
+            expires_at_ms: wall.saturating_add(left),
+        }
+    }
+
+    /// This token as a local [`AccessToken`], its times converted to this process's clock.
+    pub fn to_token(&self) -> Result<AccessToken, Error> {
+        let now = Instant::now();
+        let wall = unix_ms(SystemTime::now());
+        let ago = Duration::from_millis(wall.saturating_sub(self.issued_at_ms));
+        let obtained = now.checked_sub(ago).unwrap_or(now);
+        let lifetime = Duration::from_millis(self.expires_at_ms.saturating_sub(self.issued_at_ms));
+        AccessToken::obtained_at(self.token.as_str(), obtained, lifetime)
+    }
+
+    /// When the token expires, as Unix time in milliseconds.
+    pub fn expires_at_ms(&self) -> u64 {
+        self.expires_at_ms
+    }
+
+    /// Whether this is the same token string as `token`.
+    pub fn is(&self, token: &AccessToken) -> bool {
+        self.token.as_str() == token.secret()
+    }
+
+    /// The stored form: `v1 <issued ms> <expires ms> <token>`.
+    pub fn encode(&self) -> Zeroizing<String> {
+        Zeroizing::new(format!(
+            "{FORMAT} {} {} {}",
+            self.issued_at_ms,
+            self.expires_at_ms,
+            self.token.as_str()
+        ))
+    }
+
+    /// Parse the stored form; anything else is an error (a value written by another
+    /// program or version is ignored, never used as a token).
+    pub fn decode(stored: &str) -> Result<Self, Error> {
+        let bad = || {
+            Error::new(
+                Kind::Store,
+                "the stored token has an unknown format; it is ignored",
+            )
+        };
+        let mut parts = stored.splitn(4, ' ');
+        if parts.next() != Some(FORMAT) {
+            return Err(bad());
+        }
+        let issued_at_ms = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+        let expires_at_ms = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+        let token = parts.next().filter(|t| !t.is_empty()).ok_or_else(bad)?;
+        Ok(Self {
+            token: Zeroizing::new(token.to_owned()),
+            issued_at_ms,
+            expires_at_ms,
+        })
+    }
+}
+
+impl fmt::Debug for SharedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedToken")
+            .field("token", &"[redacted]")
+            .field("issued_at_ms", &self.issued_at_ms)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish()
+    }
+}
+
+pub(crate) fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The key a token is shared under: a hash of (token URL, client id, scope), so that
+/// different clients never see each other's tokens and the key reveals nothing.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct StoreKey(String);
+
+impl StoreKey {
+    /// The key for the client-credentials grant of `client_id` with `scope` at `token_url`.
+    pub fn new(token_url: &str, client_id: &str, scope: &str) -> Self {
+        // FNV-1a, 128 bits, over the length-prefixed parts: stable across processes,
+        // versions and platforms (unlike std's hasher), and no dependency. Not a secret.
+        let mut hash: u128 = 0x6c62272e07bb014262b821756295c58d;
+        for part in [token_url, client_id, scope] {
+            for byte in (part.len() as u64)
+                .to_le_bytes()
+                .iter()
+                .chain(part.as_bytes())
+            {
+                hash ^= u128::from(*byte);
+                hash = hash.wrapping_mul(0x0000000001000000000000000000013B);
+            }
+        }
+        Self(format!("docplanner-auth:v1:{hash:032x}"))
+    }
+
+    /// The key of an arbitrary token source: your own, stable name for it.
+    pub fn custom(name: &str) -> Self {
+        Self::new("custom", name, "")
+    }
+
+    /// The key as stored (a prefix and a hex hash).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("StoreKey").field(&self.0).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn keys_differ_per_client_and_never_contain_inputs() {
+        let a = StoreKey::new(
+            "https://www.doctoralia.es/oauth/v2/token",
+            "client-a",
+            "integration",
+        );
+        let b = StoreKey::new(
+            "https://www.doctoralia.es/oauth/v2/token",
+            "client-b",
+            "integration",
+        );
+        let c = StoreKey::new(
+            "https://www.jameda.de/oauth/v2/token",
+            "client-a",
+            "integration",
+        );
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(
+            a,
+            StoreKey::new(
+                "https://www.doctoralia.es/oauth/v2/token",
+                "client-a",
+                "integration"
+            )
+        );
+        assert!(!a.as_str().contains("client-a"));
+        // length-prefixed: moving a character between parts changes the key
+        assert_ne!(StoreKey::new("ab", "c", ""), StoreKey::new("a", "bc", ""));
+    }
+
+    #[tokio::test]
+    async fn shared_tokens_round_trip_and_redact() {
+        let token = AccessToken::new("s3cret-tok", Duration::from_secs(3600)).unwrap();
+        let shared = SharedToken::from_token(&token);
+        assert!(!format!("{shared:?}").contains("s3cret"));
+        let decoded = SharedToken::decode(&shared.encode()).unwrap();
+        assert_eq!(decoded, shared);
+        let back = decoded.to_token().unwrap();
+        assert!(back.same_secret(&token));
+        let drift = back.lifetime().abs_diff(Duration::from_secs(3600));
+        assert!(drift <= Duration::from_millis(2), "{drift:?}");
+        for bad in ["", "v1", "v2 1 2 t", "v1 x 2 t", "v1 1 2 ", "v1 1 2"] {
+            assert!(SharedToken::decode(bad).is_err(), "{bad:?}");
+        }
+    }
+}

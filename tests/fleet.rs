@@ -1,0 +1,368 @@
+//! A fleet of replicas sharing one token through a real `redis-server` (started by the
+//! tests on a free loopback port, stopped at the end). Each replica is a `TokenCache` with
+//! its own Redis connection and its own layer over the in-process fake Docplanner, whose
+//! counters prove how many token requests the whole fleet made.
+//!
+//! Without `redis-server` on PATH the tests print a skip line and pass, unless
+//! `REQUIRE_REDIS=1` (as in CI), which makes that a failure.
+#![cfg(feature = "redis")]
+#![allow(clippy::unwrap_used)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use docplanner_auth::store::{RedisStore, StoreKey};
+use docplanner_auth::testing::{FakeDocplanner, FakeService};
+use docplanner_auth::{BearerAuth, TokenCache};
+use futures_util::future::join_all;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use tower::{Layer, ServiceExt};
+
+/// A `redis-server` of our own; killed on drop.
+struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl RedisServer {
+    /// Start one, or `None` (after a skip line) when `redis-server` is missing and not
+    /// required.
+    fn start(test: &str) -> Option<Self> {
+        let free = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = free.local_addr().unwrap().port();
+        drop(free);
+        let spawned = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--enable-debug-command",
+                "local",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match spawned {
+            Ok(child) => child,
+            Err(error) if std::env::var("REQUIRE_REDIS").as_deref() == Ok("1") => {
+                panic!("REQUIRE_REDIS=1 but redis-server could not start: {error}")
+            }
+            Err(_) => {
+                println!("skipping {test}: redis-server is not on PATH (set REQUIRE_REDIS=1 to fail instead)");
+                return None;
+            }
+        };
+        let server = Self {
+            child: Some(child),
+            port,
+        };
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not listen on port {port}");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A raw command, for the tests' own interventions (flush, a dead lock holder, a slow
+    /// server).
+    async fn command(&self, args: &[&str]) -> redis::Value {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query_async(&mut connection).await.unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One replica: its own cache (own Redis connection) and its own client.
+struct Replica {
+    cache: TokenCache,
+    client: BearerAuth<FakeService>,
+}
+
+fn replicas(fake: &FakeDocplanner, url: &str, n: usize) -> Vec<Arc<Replica>> {
+    (0..n)
+        .map(|i| {
+            let credentials = fake.credentials().unwrap();
+            let key = credentials.store_key();
+            let cache = TokenCache::builder(credentials)
+                .name(format!("replica-{i}"))
+                .store(RedisStore::open(url).unwrap(), key)
+                .build();
+            let client = fake.layer(cache.clone()).unwrap().layer(fake.service());
+            Arc::new(Replica { cache, client })
+        })
+        .collect()
+}
+
+/// `per_replica` concurrent GET /facilities on every replica; returns how many were 200.
+async fn load(fake: &FakeDocplanner, replicas: &[Arc<Replica>], per_replica: usize) -> usize {
+    let url = format!("{}/facilities", fake.api_base());
+    let calls = replicas.iter().flat_map(|replica| {
+        (0..per_replica).map({
+            let url = url.clone();
+            move |_| {
+                let replica = Arc::clone(replica);
+                let request = Request::get(url.clone())
+                    .body(Full::<Bytes>::default())
+                    .unwrap();
+                tokio::spawn(async move {
+                    replica
+                        .client
+                        .clone()
+                        .oneshot(request)
+                        .await
+                        .map(|r| r.status())
+                })
+            }
+        })
+    });
+    let results = join_all(calls.collect::<Vec<_>>()).await;
+    results
+        .into_iter()
+        .filter(|r| matches!(r, Ok(Ok(StatusCode::OK))))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_replicas_cold_start_make_one_token_request() {
+    let Some(redis) = RedisServer::start("eight_replicas_cold_start_make_one_token_request") else {
+        return;
+    };
+    let fake = FakeDocplanner::builder().in_process();
+    let fleet = replicas(&fake, &redis.url(), 8);
+    assert_eq!(load(&fake, &fleet, 500).await, 8 * 500);
+    assert_eq!(
+        fake.stats().token_requests,
+        1,
+        "one token request fleet-wide"
+    );
+    let adopted: u64 = fleet.iter().map(|r| r.cache.stats().store_adoptions).sum();
+    assert_eq!(adopted, 7, "the seven others adopted it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollover_under_load_makes_one_token_request() {
+    let Some(redis) = RedisServer::start("a_rollover_under_load_makes_one_token_request") else {
+        return;
+    };
+    // 10 s tokens: stale 3–4 s after issue (lead 5 s, margin 1 s, jitter ≤ 1 s), so the
+    // first rollover is over long before the second could start (≥ 6 s).
+    let fake = FakeDocplanner::builder()
+        .token_lifetime(Duration::from_secs(10))
+        .in_process();
+    let fleet = replicas(&fake, &redis.url(), 8);
+    assert_eq!(load(&fake, &fleet, 20).await, 160);
+    assert_eq!(fake.stats().token_requests, 1);
+    let first = fleet[0].cache.cached().unwrap();
+    // Steady load until every replica moved on to the new token.
+    let mut rounds = 0;
+    while fleet
+        .iter()
+        .any(|r| r.cache.cached().unwrap().same_secret(&first))
+    {
+        assert!(rounds < 60, "the fleet never rolled over");
+        assert_eq!(load(&fake, &fleet, 5).await, 40);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rounds += 1;
+    }
+    let stats = fake.stats();
+    assert_eq!(stats.token_requests, 2, "one refresh for the fleet");
+    assert_eq!(stats.api_expired_token, 0);
+    assert_eq!(stats.api_ok, 160 + rounds * 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_seen_by_one_replica_makes_one_refresh() {
+    let Some(redis) = RedisServer::start("a_revocation_seen_by_one_replica_makes_one_refresh")
+    else {
+        return;
+    };
+    let fake = FakeDocplanner::builder().in_process();
+    let fleet = replicas(&fake, &redis.url(), 8);
+    assert_eq!(load(&fake, &fleet, 10).await, 80);
+    fake.revoke_all_tokens();
+    // One replica meets the revocation first…
+    assert_eq!(load(&fake, &fleet[..1], 1).await, 1);
+    // …then all of them, each with the revoked token in its local cache.
+    assert_eq!(load(&fake, &fleet, 50).await, 400);
+    let stats = fake.stats();
+    assert_eq!(stats.token_requests, 2, "one refresh for the fleet");
+    assert!(
+        stats.api_revoked_token >= 8,
+        "every replica met the revocation"
+    );
+    let invalidations: u64 = fleet.iter().map(|r| r.cache.stats().invalidations).sum();
+    assert_eq!(invalidations, 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_run_fails_no_request() {
+    let Some(mut redis) = RedisServer::start("redis_killed_mid_run_fails_no_request") else {
+        return;
+    };
+    let fake = FakeDocplanner::builder()
+        .token_lifetime(Duration::from_secs(10))
+        .in_process();
+    let fleet = replicas(&fake, &redis.url(), 8);
+    assert_eq!(load(&fake, &fleet, 20).await, 160);
+    let first = fleet[0].cache.cached().unwrap();
+    redis.kill();
+    // Across a rollover with Redis gone: every replica refreshes on its own.
+    let mut rounds = 0;
+    while fleet
+        .iter()
+        .any(|r| r.cache.cached().unwrap().same_secret(&first))
+    {
+        assert!(rounds < 60, "the fleet never rolled over");
+        assert_eq!(load(&fake, &fleet, 5).await, 40);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rounds += 1;
+    }
+    let stats = fake.stats();
+    assert!(
+        stats.token_requests <= 1 + 8,
+        "at most one per replica: {}",
+        stats.token_requests
+    );
+    assert_eq!(stats.api_ok, 160 + rounds * 40);
+    for replica in &fleet {
+        assert_eq!(
+            replica.cache.stats().store_faults,
+            1,
+            "logged once per episode"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_at_start_slow_or_flushed_fails_no_request() {
+    // Down at start: nothing listens on the port.
+    let unused = {
+        let free = TcpListener::bind("127.0.0.1:0").unwrap();
+        free.local_addr().unwrap().port()
+    };
+    let fake = FakeDocplanner::builder().in_process();
+    let fleet = replicas(&fake, &format!("redis://127.0.0.1:{unused}/"), 3);
+    assert_eq!(load(&fake, &fleet, 50).await, 150);
+    assert!(fake.stats().token_requests <= 3);
+
+    let Some(redis) = RedisServer::start("redis_down_at_start_slow_or_flushed_fails_no_request")
+    else {
+        return;
+    };
+    // Slow: Redis sleeps 2 s, longer than the store timeout (500 ms).
+    let fake = FakeDocplanner::builder().in_process();
+    let fleet = replicas(&fake, &redis.url(), 3);
+    let sleeper = tokio::spawn({
+        let url = redis.url();
+        async move {
+            let client = redis::Client::open(url).unwrap();
+            let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+            let _: redis::Value = redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg("2")
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(load(&fake, &fleet, 50).await, 150);
+    assert!(fake.stats().token_requests <= 3);
+    sleeper.await.unwrap();
+
+    // Flushed: the next refresh finds nothing, takes the lock and fetches once.
+    let fake = FakeDocplanner::builder().in_process();
+    let fleet = replicas(&fake, &redis.url(), 3);
+    assert_eq!(load(&fake, &fleet, 10).await, 30);
+    redis.command(&["FLUSHALL"]).await;
+    fake.revoke_all_tokens();
+    assert_eq!(load(&fake, &fleet, 10).await, 30);
+    assert_eq!(fake.stats().token_requests, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lock_holder_is_outlived_by_the_lock_ttl() {
+    let Some(redis) = RedisServer::start("a_dead_lock_holder_is_outlived_by_the_lock_ttl") else {
+        return;
+    };
+    let fake = FakeDocplanner::builder().in_process();
+    let key = fake.credentials().unwrap().store_key();
+    // A replica took the lock for 1.5 s and died without releasing it.
+    let lock = format!("{}:lock", key.as_str());
+    redis
+        .command(&["SET", &lock, "dead-replica", "NX", "PX", "1500"])
+        .await;
+    let fleet = replicas(&fake, &redis.url(), 4);
+    assert_eq!(load(&fake, &fleet, 25).await, 100);
+    assert_eq!(
+        fake.stats().token_requests,
+        1,
+        "one replica refreshed once the lock expired"
+    );
+    let adopted: u64 = fleet.iter().map(|r| r.cache.stats().store_adoptions).sum();
+    assert_eq!(adopted, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_client_ids_never_see_each_others_tokens() {
+    let Some(redis) = RedisServer::start("two_client_ids_never_see_each_others_tokens") else {
+        return;
+    };
+    let a = FakeDocplanner::builder().client_id("clinic-a").in_process();
+    let b = FakeDocplanner::builder().client_id("clinic-b").in_process();
+    assert_ne!(
+        a.credentials().unwrap().store_key(),
+        b.credentials().unwrap().store_key()
+    );
+    let fleet_a = replicas(&a, &redis.url(), 2);
+    let fleet_b = replicas(&b, &redis.url(), 2);
+    assert_eq!(load(&a, &fleet_a, 20).await, 40);
+    assert_eq!(load(&b, &fleet_b, 20).await, 40);
+    assert_eq!((a.stats().token_requests, b.stats().token_requests), (1, 1));
+    assert_eq!(a.stats().api_unknown_token + b.stats().api_unknown_token, 0);
+    let (ta, tb) = (
+        fleet_a[0].cache.cached().unwrap(),
+        fleet_b[0].cache.cached().unwrap(),
+    );
+    assert!(!ta.same_secret(&tb));
+    // And the store holds no secret: only the two tokens under hashed keys (+ no locks).
+    let keys = redis.command(&["KEYS", "*"]).await;
+    let text = format!("{keys:?}");
+    assert!(
+        !text.contains("clinic-") && !text.contains("fake-client-secret"),
+        "{text}"
+    );
+    let _ = StoreKey::custom("unused");
+}

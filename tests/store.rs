@@ -1,0 +1,141 @@
+//! Token stores without Redis: caches in one process sharing a token through a
+//! `MemoryStore`, and a store that fails or hangs, which must never fail a request.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use docplanner_auth::store::{MemoryStore, SharedToken, StoreFuture, TokenStore};
+use docplanner_auth::testing::{FakeDocplanner, FakeService};
+use docplanner_auth::{BearerAuth, TokenCache};
+use futures_util::future::join_all;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use tower::{Layer, ServiceExt};
+
+fn caches(
+    fake: &FakeDocplanner,
+    store: impl TokenStore + Clone,
+    n: usize,
+) -> Vec<(TokenCache, BearerAuth<FakeService>)> {
+    (0..n)
+        .map(|_| {
+            let credentials = fake.credentials().unwrap();
+            let key = credentials.store_key();
+            let cache = TokenCache::builder(credentials)
+                .store(store.clone(), key)
+                .build();
+            let client = fake.layer(cache.clone()).unwrap().layer(fake.service());
+            (cache, client)
+        })
+        .collect()
+}
+
+async fn load(
+    fake: &FakeDocplanner,
+    caches: &[(TokenCache, BearerAuth<FakeService>)],
+    each: usize,
+) -> usize {
+    let url = format!("{}/facilities", fake.api_base());
+    let calls: Vec<_> = caches
+        .iter()
+        .flat_map(|(_, client)| {
+            (0..each).map({
+                let url = url.clone();
+                move |_| {
+                    let request = Request::get(url.clone())
+                        .body(Full::<Bytes>::default())
+                        .unwrap();
+                    tokio::spawn(client.clone().oneshot(request))
+                }
+            })
+        })
+        .collect();
+    join_all(calls)
+        .await
+        .into_iter()
+        .filter(|r| matches!(r, Ok(Ok(response)) if response.status() == StatusCode::OK))
+        .count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn caches_sharing_a_memory_store_make_one_token_request() {
+    let fake = FakeDocplanner::builder().in_process();
+    fake.fail_next_token_requests(
+        1,
+        docplanner_auth::testing::TokenFault::Delay(Duration::from_millis(50)),
+    );
+    let caches = caches(&fake, MemoryStore::new(), 4);
+    assert_eq!(load(&fake, &caches, 1_000).await, 4_000);
+    assert_eq!(fake.stats().token_requests, 1);
+    let adopted: u64 = caches.iter().map(|(c, _)| c.stats().store_adoptions).sum();
+    assert_eq!(adopted, 3);
+
+    // A revocation: one refresh for all of them.
+    fake.revoke_all_tokens();
+    assert_eq!(load(&fake, &caches, 100).await, 400);
+    assert_eq!(fake.stats().token_requests, 2);
+}
+
+/// A store that always fails, or never answers.
+#[derive(Clone)]
+struct Broken {
+    hang: bool,
+}
+
+impl Broken {
+    fn fail<'a, T: Send + 'a>(&self) -> StoreFuture<'a, T> {
+        let hang = self.hang;
+        Box::pin(async move {
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            Err("store down".into())
+        })
+    }
+}
+
+impl TokenStore for Broken {
+    fn load<'a>(&'a self, _: &'a str) -> StoreFuture<'a, Option<SharedToken>> {
+        self.fail()
+    }
+    fn publish<'a>(&'a self, _: &'a str, _: &'a SharedToken) -> StoreFuture<'a, ()> {
+        self.fail()
+    }
+    fn try_lock<'a>(&'a self, _: &'a str, _: &'a str, _: Duration) -> StoreFuture<'a, bool> {
+        self.fail()
+    }
+    fn unlock<'a>(&'a self, _: &'a str, _: &'a str) -> StoreFuture<'a, ()> {
+        self.fail()
+    }
+    fn invalidate<'a>(&'a self, _: &'a str, _: &'a SharedToken) -> StoreFuture<'a, bool> {
+        self.fail()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_or_hanging_store_never_fails_a_request() {
+    for hang in [false, true] {
+        let fake = FakeDocplanner::builder().in_process();
+        let caches = caches(&fake, Broken { hang }, 3);
+        assert_eq!(load(&fake, &caches, 100).await, 300, "hang={hang}");
+        fake.revoke_all_tokens();
+        assert_eq!(load(&fake, &caches, 100).await, 300, "hang={hang}");
+        // Each cache fetched on its own: once at start, once after the revocation.
+        assert_eq!(fake.stats().token_requests, 6, "hang={hang}");
+        for (cache, _) in &caches {
+            assert_eq!(
+                cache.stats().store_faults,
+                1,
+                "one episode, logged once (hang={hang})"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_store_trait_is_object_safe() {
+    let store: Arc<dyn TokenStore> = Arc::new(MemoryStore::new());
+    let _ = store;
+}
