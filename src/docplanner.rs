@@ -325,20 +325,20 @@ mod one_line {
     }
 
     impl Credentials {
-        /// A token cache for these credentials (see [`cache`](super::cache)).
+        /// A token cache for these credentials (see [`cache`]).
         #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
         pub fn cache(&self) -> Result<TokenCache, Error> {
             cache(&self.domain, &self.client_id, self.client_secret())
         }
 
-        /// A ready layer for these credentials (see [`layer`](super::layer)).
+        /// A ready layer for these credentials (see [`layer`]).
         #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
         pub fn layer(&self) -> Result<BearerAuthLayer, Error> {
             layer(&self.domain, &self.client_id, self.client_secret())
         }
 
         /// A ready authenticated HTTPS client for these credentials (see
-        /// [`client`](super::client)).
+        /// [`client`]).
         #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
         pub fn client<B>(&self) -> Result<BearerAuth<HttpsClient<ReplayBody<B>>>, Error>
         where
