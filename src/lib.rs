@@ -68,6 +68,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `client` | yes | [`client::https_client`] (hyper-util + rustls with ring and the webpki roots) and the one-line [`docplanner::client`] / [`docplanner::layer`] |
+//! | `reqwest` | no | [`reqwest::BearerAuthMiddleware`]: the same authentication for a reqwest-middleware client, sharing the same [`TokenCache`] |
 //! | `test-util` | no | [`testing::FakeDocplanner`]: a fake Docplanner over real HTTPS on loopback, with counters and fault switches |
 //!
 //! # Security
@@ -102,6 +103,9 @@ pub mod client;
 pub mod docplanner;
 mod error;
 mod origin;
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub mod reqwest;
 mod secret;
 pub mod source;
 pub mod store;

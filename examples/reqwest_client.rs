@@ -1,0 +1,68 @@
+//! A reqwest client that authenticates every request:
+//! `cargo run --example reqwest_client --features reqwest`.
+//!
+//! Without credentials it starts a fake Docplanner (real HTTPS on 127.0.0.1), sends
+//! `GET /facilities` through a reqwest-middleware client with [`BearerAuthMiddleware`], and
+//! prints the answer.
+//!
+//! With `DOCPLANNER_CLIENT_ID`, `DOCPLANNER_CLIENT_SECRET` and `DOCPLANNER_DOMAIN` (a
+//! domain such as `doctoralia.es`, or a country code such as `es`) set, it calls the real
+//! API instead.
+
+use docplanner_auth::docplanner::{Credentials, ENV_CLIENT_ID, ENV_CLIENT_SECRET, ENV_DOMAIN};
+use docplanner_auth::reqwest::BearerAuthMiddleware;
+use docplanner_auth::testing::FakeDocplanner;
+use docplanner_auth::{BoxError, TokenCache};
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    // This example's reqwest has `rustls-no-provider`: ring is the crypto provider, installed
+    // once for the process before any client is built. (With reqwest's default `rustls`
+    // feature, aws-lc-rs is used and this line is not needed.)
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let any_set = [ENV_DOMAIN, ENV_CLIENT_ID, ENV_CLIENT_SECRET]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
+    if any_set {
+        // The error names any variable that is missing.
+        let credentials = Credentials::from_env()?;
+        let api_base = credentials.domain().api_base();
+        println!(
+            "Calling the real Docplanner API of {} ({api_base}).",
+            credentials.domain()
+        );
+        // The operating system's roots (reqwest's platform verifier).
+        let http = reqwest::Client::builder().build()?;
+        return get_facilities(http, credentials.cache()?, &api_base).await;
+    }
+
+    println!("No DOCPLANNER_* credentials set: calling a fake Docplanner on 127.0.0.1 instead.");
+    let fake = FakeDocplanner::builder().start().await?;
+    let certificate = fake
+        .certificate_der()
+        .ok_or("the fake has no certificate")?;
+    let http = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_der(certificate)?])
+        .build()?;
+    get_facilities(http, fake.cache()?, &fake.api_base()).await?;
+    println!(
+        "token requests made to the fake: {}",
+        fake.stats().token_requests
+    );
+    Ok(())
+}
+
+async fn get_facilities(
+    http: reqwest::Client,
+    cache: TokenCache,
+    api_base: &str,
+) -> Result<(), BoxError> {
+    let client = reqwest_middleware::ClientBuilder::new(http)
+        .with(BearerAuthMiddleware::new(cache, api_base)?)
+        .build();
+    let response = client.get(format!("{api_base}/facilities")).send().await?;
+    println!("GET /facilities -> {}", response.status());
+    println!("{}", response.text().await?);
+    Ok(())
+}
