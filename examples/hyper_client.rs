@@ -57,7 +57,14 @@ struct Target {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), BoxError> {
+async fn main() {
+    if let Err(error) = run().await {
+        eprintln!("error: {error}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), BoxError> {
     let target = if [ENV_DOMAIN, ENV_CLIENT_ID, ENV_CLIENT_SECRET]
         .iter()
         .any(|name| std::env::var_os(name).is_some())
