@@ -15,6 +15,8 @@
 //! ```
 //!
 //! Both stacks share one [`BearerAuthLayer`], hence one token cache: one token for both.
+//! Its tokens are fetched through your own client too (`Credentials::client_credentials`),
+//! so the token call shares your TLS settings.
 //!
 //! Without credentials it runs against an embedded fake Docplanner (real HTTPS on
 //! 127.0.0.1) and exits within a second or two. With `DOCPLANNER_DOMAIN`,
@@ -28,7 +30,9 @@ use bytes::Bytes;
 use docplanner_auth::client::HttpsClient;
 use docplanner_auth::docplanner::{Credentials, ENV_CLIENT_ID, ENV_CLIENT_SECRET, ENV_DOMAIN};
 use docplanner_auth::testing::FakeDocplanner;
-use docplanner_auth::{BearerAuth, BearerAuthLayer, BoxError, ReplayBody};
+use docplanner_auth::{
+    BearerAuth, BearerAuthLayer, BoxError, ClientCredentials, ReplayBody, TokenCache,
+};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
@@ -46,7 +50,8 @@ type Sent = ReplayBody<Full<Bytes>>;
 /// Where the example sends its requests, and how it authenticates.
 struct Target {
     api_base: String,
-    /// One layer (one token cache) shared by both stacks.
+    /// One layer (one token cache, fetching tokens through your own client) shared by
+    /// both stacks.
     layer: BearerAuthLayer,
     /// The built-in client type, trusting the right roots.
     built_in: HttpsClient<Sent>,
@@ -126,9 +131,11 @@ fn real_api() -> Result<Target, BoxError> {
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    // `credentials.layer()?` would fetch tokens over the built-in client.
+    let source = credentials.client_credentials(your_own_client(roots.clone())?)?;
     Ok(Target {
+        layer: BearerAuthLayer::new(TokenCache::new(source), &domain.api_base())?,
         api_base: domain.api_base(),
-        layer: credentials.layer()?,
         built_in: docplanner_auth::client::https_client()?,
         roots,
         fake: None,
@@ -143,19 +150,30 @@ async fn fake_api() -> Result<Target, BoxError> {
     if let Some(der) = fake.certificate_der() {
         roots.add(der.to_vec().into())?;
     }
+    let source = ClientCredentials::new(
+        your_own_client(roots.clone())?,
+        &fake.token_url(),
+        fake.client_id(),
+        fake.client_secret(),
+    )?;
     Ok(Target {
         api_base: fake.api_base(),
-        layer: fake.layer(fake.cache()?)?,
+        layer: fake.layer(TokenCache::new(source))?,
         built_in: fake.client()?,
         roots,
         fake: Some(fake),
     })
 }
 
-/// Your own client: your TLS configuration, connector and pool settings. HTTPS only.
-fn your_own_client(
+/// Your own client: your TLS configuration, connector and pool settings. HTTPS only. `B`
+/// is `ReplayBody<Full<Bytes>>` behind the layer, `Full<Bytes>` for the token requests.
+fn your_own_client<B>(
     roots: rustls::RootCertStore,
-) -> Result<Client<HttpsConnector<HttpConnector>, Sent>, BoxError> {
+) -> Result<Client<HttpsConnector<HttpConnector>, B>, BoxError>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+{
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
