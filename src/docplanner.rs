@@ -330,7 +330,7 @@ mod one_line {
     }
 
     impl Credentials {
-        /// A token cache for these credentials (see [`cache`](super::cache)).
+        /// A token cache for these credentials (see [`cache`]).
         #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
         pub fn cache(&self) -> Result<TokenCache, Error> {
             let http = https_client::<http_body_util::Full<bytes::Bytes>>()?;
@@ -338,14 +338,14 @@ mod one_line {
             Ok(TokenCache::builder(source).name(self.domain.name()).build())
         }
 
-        /// A ready layer for these credentials (see [`layer`](super::layer)).
+        /// A ready layer for these credentials (see [`layer`]).
         #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
         pub fn layer(&self) -> Result<BearerAuthLayer, Error> {
             BearerAuthLayer::new(self.cache()?, &self.domain.api_base())
         }
 
         /// A ready authenticated HTTPS client for these credentials (see
-        /// [`client`](super::client)).
+        /// [`client`]).
         #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
         pub fn client<B>(&self) -> Result<BearerAuth<HttpsClient<ReplayBody<B>>>, Error>
         where
