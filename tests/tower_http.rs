@@ -444,7 +444,8 @@ async fn a_timeout_outside_the_layer_covers_the_wait_for_a_token() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
     let stats = fake.stats();
-    assert_eq!((stats.token_requests, stats.api_requests), (1, 0));
+    assert!(stats.token_requests <= 1);
+    assert_eq!(stats.api_requests, 0);
 }
 
 /// Inside the layer (around the HTTP client only), the timeout never sees the wait for a
@@ -476,26 +477,29 @@ async fn a_timeout_inside_the_layer_does_not_cover_the_wait_for_a_token() {
 }
 
 /// Outside the layer, the timeout covers the request AND its replay after a 401: the
-/// budget is for the logical request. Each API answer takes 400 ms here and the revoked
-/// token costs a second one, so 600 ms cannot be enough.
+/// budget is for the logical request. Each API answer takes 500 ms here and the revoked
+/// token costs a second one, so 900 ms cannot be enough (the first answer, a 401, comes
+/// well within it).
 #[tokio::test]
 async fn a_timeout_outside_the_layer_covers_the_replay_after_a_401() {
     let fake = FakeDocplanner::builder().start().await.unwrap();
     let layer = fake.layer(fake.cache().unwrap()).unwrap();
     let url = format!("{}/facilities", fake.api_base());
-    let untimed = layer.layer(fake.client::<Sent>().unwrap());
+    // One HTTP client (one connection pool) for the warm-up and the timed request.
+    let http = fake.client::<Sent>().unwrap();
+    let untimed = layer.layer(http.clone());
     assert_eq!(get(&untimed, &url).await.unwrap().status(), StatusCode::OK);
 
     fake.revoke_all_tokens();
-    fake.set_api_latency(Duration::from_millis(400));
+    fake.set_api_latency(Duration::from_millis(500));
     let client = ServiceBuilder::new()
         .layer(TimeoutLayer::with_status_code(
             StatusCode::GATEWAY_TIMEOUT,
-            Duration::from_millis(600),
+            Duration::from_millis(900),
         ))
         .map_response(boxed)
         .layer(layer)
-        .service(fake.client::<Sent>().unwrap());
+        .service(http);
     let response = get(&client, &url).await.unwrap();
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(fake.stats().api_revoked_token, 1);
