@@ -63,6 +63,69 @@
 //! # let _ = api; Ok(()) }
 //! ```
 //!
+//! # Composing with tower-http
+//!
+//! Put tower-http's layers around [`BearerAuthLayer`] in this order, outermost first:
+//!
+//! ```text
+//! TraceLayer -> TimeoutLayer -> FollowRedirectLayer -> BearerAuthLayer -> HTTP client
+//! ```
+//!
+//! * **`FollowRedirectLayer` outside (before) `BearerAuthLayer`.** Each redirected request
+//!   then goes through this layer again, and its scope check refuses a hop to plain `http`
+//!   or to a host that is not a configured API host: the request fails with an [`Error`]
+//!   ([`is_insecure_scheme`](Error::is_insecure_scheme),
+//!   [`is_host_not_allowed`](Error::is_host_not_allowed)) and the token goes nowhere,
+//!   whatever the redirect policy. A redirect within the API host is followed, the token
+//!   attached again. Inside (after) this layer, the redirected requests are copies of ours,
+//!   `Authorization` included, and only the redirect policy stands between the token and
+//!   the next host: tower-http 0.6's default policy removes it on a cross-origin hop, but
+//!   re-sends the original headers on a later hop that is same-origin for the foreign site
+//!   (tower-http 0.7.0 fixed that), and a policy without `FilterCredentials` (`Limited`,
+//!   `Action::Follow`) sends it on the first hop. A foreign host's 401 would also make this
+//!   layer renew the token. `tests/tower_http.rs` shows each case with local servers.
+//! * **The timeout outside `BearerAuthLayer`**, so that one budget covers the logical
+//!   request: waiting for a token (cold start, expiry), the request, its replay after a
+//!   401 and every redirect hop. Inside, it bounds each HTTP attempt only, and the wait for
+//!   a token is bounded by the cache's token request timeout alone. Giving up is safe: a
+//!   refresh in flight carries on in its own task. For a client, tower's
+//!   `tower::timeout::TimeoutLayer`, which fails with an `Elapsed` error, is usually the
+//!   better fit; tower-http's `TimeoutLayer::with_status_code` answers a made-up status
+//!   (say 504) instead, and needs a response body with `Default` (box hyper's `Incoming`).
+//! * **`TraceLayer` outermost**: one span per logical request, the replay and the redirect
+//!   hops inside it, and no `Authorization` header in it (it is added further in). Placed
+//!   inside, it sees our header, which is marked sensitive:
+//!   `DefaultMakeSpan::include_headers(true)` prints `Sensitive`, never the token.
+//!
+//! ```no_run
+//! # #[cfg(feature = "client")]
+//! # async fn run() -> Result<(), docplanner_auth::BoxError> {
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use docplanner_auth::client::https_client;
+//! use docplanner_auth::docplanner::{self, Domain};
+//! use docplanner_auth::ReplayBody;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_http::{follow_redirect::FollowRedirectLayer, trace::TraceLayer};
+//!
+//! let api = ServiceBuilder::new()
+//!     .layer(TraceLayer::new_for_http())
+//!     .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(30)))
+//!     .layer(FollowRedirectLayer::new())
+//!     .layer(docplanner::layer(&Domain::Spain, "client-id", "client-secret")?)
+//!     .service(https_client::<ReplayBody<Full<Bytes>>>()?);
+//!
+//! let request = http::Request::get(format!("{}/facilities", Domain::Spain.api_base()))
+//!     .body(Full::new(Bytes::new()))?;
+//! let response = api.oneshot(request).await?;
+//! # let _ = response; Ok(()) }
+//! ```
+//!
+//! The examples show more: `examples/hyper_client.rs` (this stack over your own hyper-util
+//! client), `examples/axum_backend` (one shared client in an axum backend, errors mapped to
+//! 502/503) and `examples/docplanner` (a command line client).
+//!
 //! # Feature flags
 //!
 //! | feature | default | what it adds |

@@ -127,7 +127,7 @@ impl BearerAuthMiddleware {
         let host = url.host_str().unwrap_or_default();
         let checked = self.scope.check(url.scheme(), url.authority(), host);
         if let Err(error) = &checked {
-            self.cache.count_refused(&error);
+            self.cache.count_refused(error);
         }
         checked
     }

@@ -1,5 +1,5 @@
 //! Sharing one token between caches: the [`TokenStore`] trait, the in-process
-//! [`MemoryStore`], and (feature `redis`) [`RedisStore`](crate::store::RedisStore) for a
+//! [`MemoryStore`], and (feature `redis`) [`RedisStore`] for a
 //! fleet of replicas.
 //!
 //! A cache with a store still serves every request from its own lock-free `ArcSwap`; it
