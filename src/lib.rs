@@ -126,12 +126,70 @@
 //! client), `examples/axum_backend` (one shared client in an axum backend, errors mapped to
 //! 502/503) and `examples/docplanner` (a command line client).
 //!
+//! # reqwest
+//!
+//! With feature `reqwest`, [`reqwest::BearerAuthMiddleware`] gives a reqwest-middleware
+//! client the same behaviour, and can share the [`TokenCache`] of a tower stack (one token
+//! for both): see the [`reqwest`] module and `examples/reqwest_client.rs`.
+//!
+//! # Configuration from the environment
+//!
+//! [`docplanner::Credentials::from_env`] reads `DOCPLANNER_DOMAIN` (a domain or a country
+//! code), `DOCPLANNER_CLIENT_ID` and `DOCPLANNER_CLIENT_SECRET`, and names the variable
+//! that is missing or invalid:
+//!
+//! ```no_run
+//! # #[cfg(feature = "client")]
+//! # fn run() -> Result<(), docplanner_auth::Error> {
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use docplanner_auth::docplanner::Credentials;
+//!
+//! let credentials = Credentials::from_env()?;
+//! let client = credentials.client::<Full<Bytes>>()?;
+//! # let _ = client; Ok(()) }
+//! ```
+//!
+//! # A fleet of replicas
+//!
+//! Caches can share one token through a [`store::TokenStore`]: [`store::MemoryStore`] in
+//! one process, [`store::RedisStore`] (feature `redis`) across replicas, so that Docplanner
+//! sees one token request per token lifetime for the whole fleet. Each request is still
+//! served from the local cache; the store is consulted only when a refresh is due, and a
+//! store fault never fails a request. See the [`store`] module and `examples/fleet.rs`.
+//!
+//! # The refresh timeline
+//!
+//! ```text
+//!  obtained                 refresh_at            usable_until   expires
+//!     |------- fresh -----------|------ stale --------|--expired--|
+//!     | one lock-free load,     | callers keep using  | callers   |
+//!     | nothing else            | it; ONE background  | wait for  |
+//!     |                         | refresh runs        | the new   |
+//!                                 <-jitter-><- lead ->  <-margin->
+//! ```
+//!
+//! Defaults: lead 300 s (at most half the lifetime), jitter up to 60 s, margin 30 s (at most
+//! a tenth of the lifetime), token request timeout 10 s, backoff 1 s doubling to 30 s after
+//! transient failures and 30 s doubling to 5 min after permanent ones, during which callers
+//! without a valid token fail fast. The [`cache`] module explains each, with its reason.
+//!
+//! # Observability
+//!
+//! Every token request runs in a `docplanner_auth.refresh` tracing span (cache name,
+//! trigger, outcome, duration); invalidations, replays, backoffs, refusals and store faults
+//! are events. With feature `metrics`, counters, a latency histogram and remaining-lifetime
+//! gauges go through the `metrics` facade (the table is in the [`cache`] module docs).
+//! [`TokenCache::stats`] needs no feature. None of them ever carries a secret or a token.
+//!
 //! # Feature flags
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `client` | yes | [`client::https_client`] (hyper-util + rustls with ring and the webpki roots) and the one-line [`docplanner::client`] / [`docplanner::layer`] |
 //! | `reqwest` | no | [`reqwest::BearerAuthMiddleware`]: the same authentication for a reqwest-middleware client, sharing the same [`TokenCache`] |
+//! | `redis` | no | [`store::RedisStore`]: one token for a fleet of replicas |
+//! | `metrics` | no | metrics through the [`metrics`](https://docs.rs/metrics) facade |
 //! | `test-util` | no | [`testing::FakeDocplanner`]: a fake Docplanner over real HTTPS on loopback, with counters and fault switches |
 //!
 //! # Security
@@ -144,8 +202,14 @@
 //! * **Redaction.** `Debug` of every type prints `[redacted]` for secrets and tokens;
 //!   error messages never contain them (a server echoing the secret is scrubbed); the
 //!   `Authorization` headers we build are marked sensitive (never HPACK-indexed).
-//! * **Memory.** The client secret and the token bytes are zeroized when dropped.
-//! * **Storage.** Tokens live in process memory only.
+//! * **Memory.** The client secret, the Basic credentials header and the token bytes are
+//!   zeroized when dropped.
+//! * **What is stored where.** Without a store, the token lives in process memory only.
+//!   With [`store::RedisStore`], Redis holds the access token and its issue and expiry times
+//!   (the key expires with the token) under a hashed key, plus a short-lived lock holding a
+//!   random replica id; never the client secret. Secure it: `rediss://` (TLS), a password
+//!   or an ACL user restricted to the key prefix, a Redis only your replicas reach.
+//!   [`store::MemoryStore`] keeps the same in process memory.
 //!
 //! # Runtime
 //!

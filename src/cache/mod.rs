@@ -29,6 +29,32 @@
 //! (compare-and-swap), so a burst of 401s makes one refresh, not many; such forced
 //! refreshes are rate-limited (see [`DEFAULT_FORCED_REFRESH_INTERVAL`]).
 //!
+//! With a [`TokenStore`], refreshes go through the store first
+//! (see [`store`](crate::store)).
+//!
+//! # Observability
+//!
+//! [`TokenCache::stats`] returns a [`CacheStats`] snapshot (no feature needed).
+//!
+//! # Metrics (feature `metrics`)
+//!
+//! Emitted through the [`metrics`](https://docs.rs/metrics) facade, so any exporter
+//! (Prometheus, OpenTelemetry…) picks them up; every one has the label `cache` (the
+//! cache's [name](TokenCacheBuilder::name), by default the market's domain).
+//!
+//! | name | kind | labels | meaning |
+//! |---|---|---|---|
+//! | `docplanner_auth_token_fetches_total` | counter | `outcome` = `ok`, `transient_error`, `permanent_error` | token requests, by outcome |
+//! | `docplanner_auth_token_fetch_duration_seconds` | histogram | `outcome` | how long each token request took |
+//! | `docplanner_auth_invalidations_total` | counter | | tokens dropped after a 401 |
+//! | `docplanner_auth_rate_limited_401s_total` | counter | | 401s that did not force a refresh (one ran too recently) |
+//! | `docplanner_auth_replays_total` | counter | | requests replayed with a new token after a 401 |
+//! | `docplanner_auth_store_adoptions_total` | counter | | tokens adopted from a shared store instead of fetched |
+//! | `docplanner_auth_store_faults_total` | counter | | store fault episodes (each logged once) |
+//! | `docplanner_auth_refused_requests_total` | counter | `reason` = `insecure_scheme`, `host_not_allowed` | requests refused before sending |
+//! | `docplanner_auth_token_remaining_seconds` | gauge | | the current token's remaining lifetime, updated when a token is stored or dropped and on every [`stats`](super::TokenCache::stats) call |
+//! | `docplanner_auth_token_expiry_timestamp_seconds` | gauge | | Unix time at which the current token expires (exact at any moment; 0 without a token) |
+//!
 //! # Example
 //!
 //! ```

@@ -4,24 +4,8 @@
 //! Nothing here ever sees a secret: events carry the cache's name, counts, durations and
 //! error messages (which are built never to contain a secret or a token).
 //!
-//! # Metrics (feature `metrics`)
 //!
-//! Emitted through the [`metrics`](https://docs.rs/metrics) facade, so any exporter
-//! (Prometheus, OpenTelemetry…) picks them up; every one has the label `cache` (the
-//! cache's [name](super::TokenCacheBuilder::name), by default the market's domain).
-//!
-//! | name | kind | labels | meaning |
-//! |---|---|---|---|
-//! | `docplanner_auth_token_fetches_total` | counter | `outcome` = `ok`, `transient_error`, `permanent_error` | token requests, by outcome |
-//! | `docplanner_auth_token_fetch_duration_seconds` | histogram | `outcome` | how long each token request took |
-//! | `docplanner_auth_invalidations_total` | counter | | tokens dropped after a 401 |
-//! | `docplanner_auth_rate_limited_401s_total` | counter | | 401s that did not force a refresh (one ran too recently) |
-//! | `docplanner_auth_replays_total` | counter | | requests replayed with a new token after a 401 |
-//! | `docplanner_auth_store_adoptions_total` | counter | | tokens adopted from a shared store instead of fetched |
-//! | `docplanner_auth_store_faults_total` | counter | | store fault episodes (each logged once) |
-//! | `docplanner_auth_refused_requests_total` | counter | `reason` = `insecure_scheme`, `host_not_allowed` | requests refused before sending |
-//! | `docplanner_auth_token_remaining_seconds` | gauge | | the current token's remaining lifetime, updated when a token is stored or dropped and on every [`stats`](super::TokenCache::stats) call |
-//! | `docplanner_auth_token_expiry_timestamp_seconds` | gauge | | Unix time at which the current token expires (exact at any moment; 0 without a token) |
+//! The metrics are listed in the [`cache`](super) module docs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
