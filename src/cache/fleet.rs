@@ -131,6 +131,24 @@ impl Known {
     }
 }
 
+impl Fleet {
+    async fn load(&self, observer: &Observer) -> Result<Option<SharedToken>, ()> {
+        self.call(
+            observer,
+            "read the token",
+            self.store.load(self.key.as_str()),
+        )
+        .await
+    }
+
+    async fn release(&self, observer: &Observer) {
+        let unlock = self.store.unlock(self.key.as_str(), &self.owner);
+        let _ = self
+            .call(observer, "release the refresh lock", unlock)
+            .await;
+    }
+}
+
 impl Shared {
     /// A new token: from the store if a replica has one, else fetched (by us, holding the
     /// store's lock, or alone if the store fails).
@@ -139,78 +157,44 @@ impl Shared {
             return self.fetch().await;
         };
         let key = fleet.key.as_str();
-        match fleet
-            .call(&self.observer, "read the token", fleet.store.load(key))
-            .await
-        {
+        let observer = &self.observer;
+        match fleet.load(observer).await {
             Err(()) => return self.fetch().await,
             Ok(Some(stored)) if known.is_rejected(&stored) => {
                 // Drop it fleet-wide, unless another replica replaced it meanwhile.
+                let invalidate = fleet.store.invalidate(key, &stored);
                 let _ = fleet
-                    .call(
-                        &self.observer,
-                        "invalidate the token",
-                        fleet.store.invalidate(key, &stored),
-                    )
+                    .call(observer, "invalidate the token", invalidate)
                     .await;
             }
-            Ok(Some(stored)) if !known.contains(&stored) => {
-                if let Some(token) = self.adoptable(&stored) {
+            Ok(Some(stored)) => {
+                if let Some(token) = self.adoptable(&stored, &known) {
                     return Ok(token);
                 }
             }
-            Ok(_) => {}
+            Ok(None) => {}
         }
         let give_up = Instant::now() + fleet.lock_ttl;
         let mut pause = FIRST_STORE_POLL;
         loop {
-            match fleet
-                .call(
-                    &self.observer,
-                    "take the refresh lock",
-                    fleet.store.try_lock(key, &fleet.owner, fleet.lock_ttl),
-                )
-                .await
-            {
+            let lock = fleet.store.try_lock(key, &fleet.owner, fleet.lock_ttl);
+            match fleet.call(observer, "take the refresh lock", lock).await {
                 Err(()) => return self.fetch().await,
                 Ok(true) => {
                     // The replica that held the lock may have published just before we
                     // took it: look once more before fetching.
-                    if let Ok(Some(stored)) = fleet
-                        .call(&self.observer, "read the token", fleet.store.load(key))
-                        .await
-                    {
-                        if !known.contains(&stored) {
-                            if let Some(token) = self.adoptable(&stored) {
-                                let _ = fleet
-                                    .call(
-                                        &self.observer,
-                                        "release the refresh lock",
-                                        fleet.store.unlock(key, &fleet.owner),
-                                    )
-                                    .await;
-                                return Ok(token);
-                            }
-                        }
+                    let published = fleet.load(observer).await.ok().flatten();
+                    if let Some(token) = published.and_then(|s| self.adoptable(&s, &known)) {
+                        fleet.release(observer).await;
+                        return Ok(token);
                     }
                     let result = self.fetch().await;
                     if let Ok(token) = &result {
                         let shared = SharedToken::from_token(token);
-                        let _ = fleet
-                            .call(
-                                &self.observer,
-                                "publish the token",
-                                fleet.store.publish(key, &shared),
-                            )
-                            .await;
+                        let publish = fleet.store.publish(key, &shared);
+                        let _ = fleet.call(observer, "publish the token", publish).await;
                     }
-                    let _ = fleet
-                        .call(
-                            &self.observer,
-                            "release the refresh lock",
-                            fleet.store.unlock(key, &fleet.owner),
-                        )
-                        .await;
+                    fleet.release(observer).await;
                     return result;
                 }
                 Ok(false) => {}
@@ -221,23 +205,23 @@ impl Shared {
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_STORE_POLL);
-            match fleet
-                .call(&self.observer, "read the token", fleet.store.load(key))
-                .await
-            {
+            match fleet.load(observer).await {
                 Err(()) => return self.fetch().await,
-                Ok(Some(stored)) if !known.contains(&stored) => {
-                    if let Some(token) = self.adoptable(&stored) {
+                Ok(Some(stored)) => {
+                    if let Some(token) = self.adoptable(&stored, &known) {
                         return Ok(token);
                     }
                 }
-                Ok(_) => {}
+                Ok(None) => {}
             }
         }
     }
 
-    /// A stored token we can use now, counted as adopted.
-    fn adoptable(&self, stored: &SharedToken) -> Option<AccessToken> {
+    /// A stored token that is new to us and usable now, counted as adopted.
+    fn adoptable(&self, stored: &SharedToken, known: &Known) -> Option<AccessToken> {
+        if known.contains(stored) {
+            return None;
+        }
         let token = stored.to_token().ok()?;
         let schedule = self
             .config

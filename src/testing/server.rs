@@ -1,6 +1,7 @@
 //! The fake's listeners: HTTPS with a generated certificate, and plain HTTP that redirects.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
@@ -47,13 +48,13 @@ impl Certificate {
     }
 }
 
-/// Serve HTTPS on `listener` until the returned task is aborted (which closes the
-/// listener and every connection it accepted).
-pub(crate) fn serve_https(
-    listener: TcpListener,
-    state: Arc<State>,
-    tls: TlsAcceptor,
-) -> JoinHandle<()> {
+/// Accept connections on `listener` until the returned task is aborted (which closes the
+/// listener and every connection it accepted), serving each with `serve`.
+fn accept_loop<F, Fut>(listener: TcpListener, serve: F) -> JoinHandle<()>
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     tokio::spawn(async move {
         let mut connections = JoinSet::new();
         loop {
@@ -62,53 +63,55 @@ pub(crate) fn serve_https(
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 continue;
             };
-            let state = Arc::clone(&state);
-            let tls = tls.clone();
-            connections.spawn(async move {
-                let Ok(stream) = tls.accept(tcp).await else {
-                    return;
-                };
-                let service = service_fn(move |request: hyper::Request<Incoming>| {
-                    let state = Arc::clone(&state);
-                    async move {
-                        // An error makes hyper close the connection without an answer.
-                        state
-                            .handle(request)
-                            .await
-                            .map_err(|e| std::io::Error::other(e.to_string()))
-                    }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+            connections.spawn(serve(tcp));
             // Reap finished connections so the set does not grow without bound.
             while connections.try_join_next().is_some() {}
         }
     })
 }
 
+/// Serve HTTPS on `listener` until the returned task is aborted.
+pub(crate) fn serve_https(
+    listener: TcpListener,
+    state: Arc<State>,
+    tls: TlsAcceptor,
+) -> JoinHandle<()> {
+    accept_loop(listener, move |tcp| {
+        let state = Arc::clone(&state);
+        let tls = tls.clone();
+        async move {
+            let Ok(stream) = tls.accept(tcp).await else {
+                return;
+            };
+            let service = service_fn(move |request: hyper::Request<Incoming>| {
+                let state = Arc::clone(&state);
+                async move {
+                    // An error makes hyper close the connection without an answer.
+                    state
+                        .handle(request)
+                        .await
+                        .map_err(|e| std::io::Error::other(e.to_string()))
+                }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        }
+    })
+}
+
 /// Serve plain HTTP on `listener`: every request is redirected to the HTTPS listener.
 pub(crate) fn serve_redirects(listener: TcpListener, state: Arc<State>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut connections = JoinSet::new();
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                // Out of file descriptors or similar: do not spin.
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            };
-            let state = Arc::clone(&state);
-            connections.spawn(async move {
-                let service = service_fn(move |request: hyper::Request<Incoming>| {
-                    let response = state.redirect(&request);
-                    async move { Ok::<_, Infallible>(response) }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
+    accept_loop(listener, move |tcp| {
+        let state = Arc::clone(&state);
+        async move {
+            let service = service_fn(move |request: hyper::Request<Incoming>| {
+                let response = state.redirect(&request);
+                async move { Ok::<_, Infallible>(response) }
             });
-            while connections.try_join_next().is_some() {}
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
         }
     })
 }
