@@ -126,6 +126,42 @@
 //! client), `examples/axum_backend` (one shared client in an axum backend, errors mapped to
 //! 502/503) and `examples/docplanner` (a command line client).
 //!
+//! # axum
+//!
+//! In an axum backend, build the authenticated client once and share it through `State`;
+//! clones share the connection pool and the token:
+//!
+//! ```no_run
+//! # #[cfg(feature = "client")]
+//! # fn build() -> Result<(), docplanner_auth::Error> {
+//! use axum::{extract::State, routing::get, Router};
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use docplanner_auth::client::HttpsClient;
+//! use docplanner_auth::docplanner::Credentials;
+//! use docplanner_auth::{BearerAuth, ReplayBody};
+//! use tower::ServiceExt;
+//!
+//! type Docplanner = BearerAuth<HttpsClient<ReplayBody<Full<Bytes>>>>;
+//!
+//! async fn facilities(State(client): State<Docplanner>) -> String {
+//!     let request = http::Request::get("https://www.doctoralia.es/api/v3/integration/facilities")
+//!         .body(Full::new(Bytes::new()))
+//!         .expect("a valid request");
+//!     match client.oneshot(request).await {
+//!         Ok(response) => format!("Docplanner answered {}", response.status()),
+//!         // Display of our errors never contains a secret or a token.
+//!         Err(error) => format!("Docplanner unreachable: {error}"),
+//!     }
+//! }
+//!
+//! let client: Docplanner = Credentials::from_env()?.client()?;
+//! let app: Router = Router::new().route("/facilities", get(facilities)).with_state(client);
+//! # let _ = app; Ok(()) }
+//! ```
+//!
+//! `examples/axum_backend` is a complete one, mapping Docplanner failures to 502/503.
+//!
 //! # reqwest
 //!
 //! With feature `reqwest`, [`reqwest::BearerAuthMiddleware`] gives a reqwest-middleware
