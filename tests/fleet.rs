@@ -169,6 +169,7 @@ async fn eight_replicas_cold_start_make_one_token_request() {
     );
     let adopted: u64 = fleet.iter().map(|r| r.cache.stats().store_adoptions).sum();
     assert_eq!(adopted, 7, "the seven others adopted it");
+    println!("case cold start: replicas=8 requests=4000 ok=4000 token_requests=1 adopted=7");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,6 +201,12 @@ async fn a_rollover_under_load_makes_one_token_request() {
     assert_eq!(stats.token_requests, 2, "one refresh for the fleet");
     assert_eq!(stats.api_expired_token, 0);
     assert_eq!(stats.api_ok, 160 + rounds * 40);
+    println!(
+        "case rollover: replicas=8 requests={} ok={} token_requests={}",
+        160 + rounds * 40,
+        stats.api_ok,
+        stats.token_requests
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,6 +231,10 @@ async fn a_revocation_seen_by_one_replica_makes_one_refresh() {
     );
     let invalidations: u64 = fleet.iter().map(|r| r.cache.stats().invalidations).sum();
     assert_eq!(invalidations, 8);
+    println!(
+        "case revocation: replicas=8 requests=481 ok={} token_requests={} revoked_401s={}",
+        stats.api_ok, stats.token_requests, stats.api_revoked_token
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,6 +274,7 @@ async fn redis_killed_mid_run_fails_no_request() {
             "logged once per episode"
         );
     }
+    println!("case redis killed: replicas=8 requests={} ok={} token_requests={} fault_episodes_per_replica=1", 160 + rounds * 40, stats.api_ok, stats.token_requests);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,6 +288,10 @@ async fn redis_down_at_start_slow_or_flushed_fails_no_request() {
     let fleet = replicas(&fake, &format!("redis://127.0.0.1:{unused}/"), 3);
     assert_eq!(load(&fake, &fleet, 50).await, 150);
     assert!(fake.stats().token_requests <= 3);
+    println!(
+        "case redis down at start: replicas=3 requests=150 ok=150 token_requests={}",
+        fake.stats().token_requests
+    );
 
     let Some(redis) = RedisServer::start("redis_down_at_start_slow_or_flushed_fails_no_request")
     else {
@@ -300,6 +316,10 @@ async fn redis_down_at_start_slow_or_flushed_fails_no_request() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(load(&fake, &fleet, 50).await, 150);
     assert!(fake.stats().token_requests <= 3);
+    println!(
+        "case redis slow: replicas=3 requests=150 ok=150 token_requests={}",
+        fake.stats().token_requests
+    );
     sleeper.await.unwrap();
 
     // Flushed: the next refresh finds nothing, takes the lock and fetches once.
@@ -310,6 +330,9 @@ async fn redis_down_at_start_slow_or_flushed_fails_no_request() {
     fake.revoke_all_tokens();
     assert_eq!(load(&fake, &fleet, 10).await, 30);
     assert_eq!(fake.stats().token_requests, 2);
+    println!(
+        "case redis flushed, then a revocation: replicas=3 requests=60 ok=60 token_requests=2"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,6 +356,7 @@ async fn a_dead_lock_holder_is_outlived_by_the_lock_ttl() {
     );
     let adopted: u64 = fleet.iter().map(|r| r.cache.stats().store_adoptions).sum();
     assert_eq!(adopted, 3);
+    println!("case dead lock holder (1.5 s lock): replicas=4 requests=100 ok=100 token_requests=1 adopted=3");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
