@@ -74,8 +74,11 @@ fn realistic() -> Request<Full<Bytes>> {
         .expect("request")
 }
 
+/// Allocations and bytes per request.
+type PerRequest = (f64, f64);
+
 /// Allocations and bytes per request, averaged over `ROUNDS` after a warm-up.
-fn per_request<S, B>(mut service: S, make: fn() -> Request<B>) -> (f64, f64)
+fn per_request<S, B>(mut service: S, make: fn() -> Request<B>) -> PerRequest
 where
     S: Service<Request<B>>,
 {
@@ -119,7 +122,7 @@ fn main() {
         huskarl.clone().call(bare()).await.expect("warm");
     });
 
-    let rows: Vec<(&str, (f64, f64), (f64, f64))> = vec![
+    let rows: Vec<(&str, PerRequest, PerRequest)> = vec![
         (
             "a_inner_alone",
             per_request(Noop, bare),
