@@ -47,7 +47,8 @@ pin_project! {
         },
         Replaying {
             chunks: VecDeque<Bytes>,
-            trailers: Option<HeaderMap>,
+            // Boxed: trailers are rare, and the body is moved with every request.
+            trailers: Option<Box<HeaderMap>>,
         },
     }
 }
@@ -201,7 +202,7 @@ impl Replay {
                 (tape.state == TapeState::Complete).then(|| ReplayBody {
                     kind: Kind::Replaying {
                         chunks: tape.chunks.iter().cloned().collect(),
-                        trailers: tape.trailers.clone(),
+                        trailers: tape.trailers.clone().map(Box::new),
                     },
                 })
             }
@@ -293,7 +294,7 @@ where
                 if let Some(chunk) = chunks.pop_front() {
                     Poll::Ready(Some(Ok(Frame::data(chunk))))
                 } else if let Some(trailers) = trailers.take() {
-                    Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                    Poll::Ready(Some(Ok(Frame::trailers(*trailers))))
                 } else {
                     Poll::Ready(None)
                 }

@@ -52,11 +52,11 @@ pin_project! {
     #[project = StateProj]
     enum State<F, B, R> {
         Refused { error: Option<Error> },
-        // Slow paths keep their request boxed, so that the hot path's future stays small
-        // (it is moved a few times per request).
+        // Slow paths keep their request (and the 401 answer) boxed, so that the hot path's
+        // future stays small (it is moved a few times per request).
         Token { token: TokenFuture, request: Option<Box<Request<B>>> },
         Called { #[pin] future: F },
-        Refresh { token: TokenFuture, rejected: Option<R> },
+        Refresh { token: TokenFuture, rejected: Option<Box<R>> },
         Ready { request: Option<Box<Request<ReplayBody<B>>>> },
         Replayed { #[pin] future: F },
     }
@@ -226,7 +226,7 @@ where
                     }
                     this.state.set(State::Refresh {
                         token: token_future(&attempt.cache),
-                        rejected: Some(response),
+                        rejected: Some(Box::new(response)),
                     });
                 }
                 StateProj::Refresh { token, rejected } => {
@@ -241,7 +241,7 @@ where
                         }
                     };
                     let Some(request) = request else {
-                        return Poll::Ready(Ok(rejected));
+                        return Poll::Ready(Ok(*rejected));
                     };
                     // The 401 is not needed any more: drop it (and its body) before the replay.
                     drop(rejected);
