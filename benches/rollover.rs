@@ -218,11 +218,11 @@ fn main() {
         RUN.as_secs()
     );
     println!(
-        "| {:<28} | {:>9} | {:>9} | {:>7} | {:>9} | {:>9} | {:>9} |",
+        "| {:<44} | {:>9} | {:>9} | {:>7} | {:>9} | {:>9} | {:>9} |",
         "design / requests", "count", "rollovers", "errors", "p50 µs", "p99 µs", "max µs"
     );
     println!(
-        "|{:-<30}|{:->11}|{:->11}|{:->9}|{:->11}|{:->11}|{:->11}|",
+        "|{:-<46}|{:->11}|{:->11}|{:->9}|{:->11}|{:->11}|{:->11}|",
         "", "", "", "", "", "", ""
     );
     let mut p99 = Vec::new();
@@ -232,7 +232,7 @@ fn main() {
         for (label, (count, p50, p99, max)) in [("steady", steady), ("during rollovers", rollover)]
         {
             println!(
-                "| {:<28} | {count:>9} | {:>9} | {:>7} | {p50:>9.1} | {p99:>9.1} | {max:>9.1} |",
+                "| {:<44} | {count:>9} | {:>9} | {:>7} | {p50:>9.1} | {p99:>9.1} | {max:>9.1} |",
                 format!("{design} {label}"),
                 figures.rollovers,
                 figures.errors + unauthenticated as usize,

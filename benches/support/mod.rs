@@ -93,7 +93,7 @@ impl Endpoint {
     async fn wait(&self) -> u64 {
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
         if !self.latency.is_zero() {
-            tokio::time::sleep(self.latency).await;
+            precise_sleep(self.latency).await;
         }
         n
     }
@@ -128,6 +128,61 @@ impl Endpoint {
         })
         .build()
     }
+}
+
+/// Sleep `duration` of real time, to within a few tens of microseconds: tokio's timer
+/// rounds a sleep up to its next 1 ms tick (a 5 ms sleep takes 5 to 6 ms), so the token
+/// endpoints here are timed by a thread of their own instead. Works on any runtime.
+pub async fn precise_sleep(duration: Duration) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    timer()
+        .send((Instant::now() + duration, tx))
+        .expect("the timer thread runs for the whole process");
+    let _ = rx.await;
+}
+
+type Wake = (Instant, tokio::sync::oneshot::Sender<()>);
+
+fn timer() -> &'static std::sync::mpsc::Sender<Wake> {
+    static TIMER: std::sync::OnceLock<std::sync::mpsc::Sender<Wake>> = std::sync::OnceLock::new();
+    TIMER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Wake>();
+        std::thread::spawn(move || {
+            use std::cmp::Reverse;
+            use std::sync::mpsc::RecvTimeoutError;
+            let mut due = std::collections::BinaryHeap::new();
+            let mut senders = std::collections::HashMap::new();
+            let mut next_id = 0_u64;
+            loop {
+                let received = match due.peek() {
+                    Some(Reverse((at, _))) => {
+                        rx.recv_timeout(Instant::saturating_duration_since(at, Instant::now()))
+                    }
+                    None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                };
+                match received {
+                    Ok((at, tx)) => {
+                        due.push(Reverse((at, next_id)));
+                        senders.insert(next_id, tx);
+                        next_id += 1;
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+                let now = Instant::now();
+                while let Some(Reverse((at, id))) = due.peek().copied() {
+                    if at > now {
+                        break;
+                    }
+                    due.pop();
+                    if let Some(tx) = senders.remove(&id) {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        });
+        tx
+    })
 }
 
 fn take<S: Clone>(inner: &mut S) -> S {
