@@ -88,8 +88,10 @@ impl Origin {
     #[inline]
     pub(crate) fn matches(&self, authority: &str, https: bool) -> bool {
         let default_port = if https { 443 } else { 80 };
-        authority.eq_ignore_ascii_case(&self.host_port)
-            || (self.port == default_port && authority.eq_ignore_ascii_case(&self.host))
+        // Exact comparisons first (hosts are usually written in lower case, as stored).
+        let same = |a: &str, b: &str| a == b || a.eq_ignore_ascii_case(b);
+        (self.port == default_port && same(authority, &self.host))
+            || same(authority, &self.host_port)
     }
 }
 
@@ -158,8 +160,8 @@ impl Scope {
     pub(crate) fn check_uri(&self, uri: &Uri) -> Result<(), Error> {
         match (uri.scheme(), uri.authority()) {
             (Some(scheme), Some(authority)) => {
-                let scheme = scheme.as_str();
-                if scheme.eq_ignore_ascii_case(Scheme::HTTPS.as_str())
+                // `Scheme` equality is case-insensitive (`HTTPS://` parses as `https`).
+                if *scheme == Scheme::HTTPS
                     && self
                         .origins
                         .iter()
@@ -167,7 +169,7 @@ impl Scope {
                 {
                     return Ok(());
                 }
-                self.check(scheme, authority.as_str(), authority.host())
+                self.check(scheme.as_str(), authority.as_str(), authority.host())
             }
             _ => Err(Error::new(
                 Kind::HostNotAllowed,

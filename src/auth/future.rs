@@ -29,7 +29,7 @@ use tower_service::Service;
 use super::body::{Replay, ReplayBody};
 use super::head::Head;
 use super::layer::Config;
-use crate::cache::{Rejection, TokenCache};
+use crate::cache::{CacheHandle, Rejection};
 use crate::error::{BoxError, Error, Kind};
 use crate::token::AccessToken;
 
@@ -66,7 +66,7 @@ pin_project! {
 struct Attempt<S, B> {
     /// The inner service that was polled ready for this request.
     inner: S,
-    cache: TokenCache,
+    cache: CacheHandle,
     replay_limit: usize,
     /// The id of the token the request was sent with.
     used: u64,
@@ -100,7 +100,7 @@ where
             }
             None => (
                 State::Token {
-                    token: token_future(&config.cache),
+                    token: token_future(&config.cache.handle()),
                     request: Some(Box::new(request)),
                 },
                 0,
@@ -111,7 +111,7 @@ where
             state,
             attempt: Some(Attempt {
                 inner,
-                cache: config.cache.clone(),
+                cache: config.cache.handle(),
                 replay_limit: config.replay_limit,
                 used,
                 replay,
@@ -151,7 +151,7 @@ where
     (inner.call(Request::from_parts(parts, body)), replay)
 }
 
-fn token_future(cache: &TokenCache) -> TokenFuture {
+fn token_future(cache: &CacheHandle) -> TokenFuture {
     let cache = cache.clone();
     Box::pin(async move { cache.token().await })
 }
