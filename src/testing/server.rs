@@ -62,6 +62,8 @@ pub(crate) fn serve_https(
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 continue;
             };
+            // Small answers go out at once (no Nagle delay waiting for the client's ACK).
+            let _ = tcp.set_nodelay(true);
             let state = Arc::clone(&state);
             let tls = tls.clone();
             connections.spawn(async move {
