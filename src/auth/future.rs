@@ -91,6 +91,8 @@ where
     where
         B: Body,
     {
+        // This thread's handle on the cache, for a 401 (see `CacheHandle`).
+        let cache = config.cache.handle();
         // The hot path: a usable token is one lock-free load away. The future is built
         // once, in its final shape, with the inner future already in it.
         let (state, used, replay) = match config.cache.header() {
@@ -100,7 +102,7 @@ where
             }
             None => (
                 State::Token {
-                    token: token_future(&config.cache.handle()),
+                    token: token_future(&cache),
                     request: Some(Box::new(request)),
                 },
                 0,
@@ -111,7 +113,7 @@ where
             state,
             attempt: Some(Attempt {
                 inner,
-                cache: config.cache.handle(),
+                cache,
                 replay_limit: config.replay_limit,
                 used,
                 replay,
