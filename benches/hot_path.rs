@@ -1,87 +1,148 @@
-//! Cost per request with a fresh token and a no-op inner service:
-//! the inner service alone, a static header inserted by hand (the floor), and our layer.
+//! Cost per request with a fresh token and a no-op inner service, side by side in one run:
+//!
+//! * (a) `a_inner_alone`: the inner service alone;
+//! * (b) `b_add_authorization`: tower-http's `AddAuthorization` with a static bearer header
+//!   (the floor: it cannot refresh anything);
+//! * (c) `c_bearer_auth`: our `BearerAuth`;
+//! * (d) `d_rwlock_hand_rolled`: the usual hand-rolled layer,
+//!   `Arc<tokio::sync::RwLock<Option<Token>>>` read per request in a boxed future;
+//! * (e) `e_huskarl`: huskarl's `InMemoryTokenCache` behind its `HttpAuthorizer`.
+//!
+//! Single-threaded, and with 2 threads sending at once through clones of the same service
+//! (one shared token). Futures are polled outside any runtime with a no-op waker: the hot
+//! path never waits, and tokio's `test-util` clock (enabled for dev builds, a mutex
+//! consulted by `tokio::time::Instant::now()` inside a runtime) stays out of the figures.
+//! The 2-thread figure is the wall time for each thread to send one request while the
+//! other does the same (so contention shows as a larger figure).
+//!
 //! `cargo bench --bench hot_path`
 
-use std::future::Future;
+mod support;
+
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::sync::Barrier;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, Criterion};
-use docplanner_auth::{AccessToken, BearerAuthLayer, BoxError, ReplayBody, TokenCache};
-use http::header::AUTHORIZATION;
-use http::{Request, Response};
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
+use docplanner_auth::BearerAuthLayer;
+use http::{Request, Uri};
 use http_body_util::Empty;
-use tower::{service_fn, Layer, Service};
+use support::{Endpoint, HuskarlAuth, Noop, RwLockAuth, API, LONG, TOKEN, URI};
+use tower::{Layer, Service};
+use tower_http::auth::AddAuthorizationLayer;
 
-const URI: &str = "https://www.doctoralia.es/api/v3/integration/facilities";
+const FUNCTIONS: [&str; 5] = [
+    "a_inner_alone",
+    "b_add_authorization",
+    "c_bearer_auth",
+    "d_rwlock_hand_rolled",
+    "e_huskarl",
+];
 
-fn ready<F: Future>(future: F) -> F::Output {
-    let mut cx = Context::from_waker(Waker::noop());
-    match pin!(future).poll(&mut cx) {
-        Poll::Ready(out) => out,
-        Poll::Pending => unreachable!("the hot path never waits"),
+/// One request through `service`, built as a caller builds it.
+#[inline]
+fn send<S: Service<Request<Empty<Bytes>>>>(service: &mut S, uri: &Uri) {
+    let request = Request::get(uri.clone())
+        .body(Empty::new())
+        .expect("request");
+    black_box(support::ready(service.call(request)).is_ok());
+}
+
+fn bench<S>(
+    group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    threads: usize,
+    service: S,
+) where
+    S: Service<Request<Empty<Bytes>>> + Clone + Send,
+{
+    if threads == 1 {
+        let uri: Uri = URI.parse().expect("uri");
+        let mut service = service;
+        group.bench_function(name, |b| b.iter(|| send(&mut service, &uri)));
+        return;
     }
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let barrier = Barrier::new(threads + 1);
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    let mut service = service.clone();
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        // Each caller has URIs of its own, as requests built per call do.
+                        let uri: Uri = URI.parse().expect("uri");
+                        barrier.wait();
+                        for _ in 0..iters {
+                            send(&mut service, &uri);
+                        }
+                    });
+                }
+                barrier.wait();
+                let start = Instant::now();
+                // Leaving the scope joins both threads.
+                start
+            })
+            .elapsed()
+        })
+    });
 }
 
 fn hot_path(c: &mut Criterion) {
+    let since = SystemTime::now();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let cache = TokenCache::new(|| async {
-        Ok::<_, BoxError>(AccessToken::new(
-            "bench-token",
-            Duration::from_secs(86_400),
-        )?)
-    });
-    let header = runtime
-        .block_on(cache.token())
-        .expect("token")
-        .header_value()
-        .clone();
-    let uri: http::Uri = URI.parse().expect("uri");
+    let endpoint = Endpoint::new(Duration::ZERO, LONG);
 
-    let mut group = c.benchmark_group("hot_path");
-    group.bench_function("inner_alone", |b| {
-        let mut inner =
-            service_fn(|_: Request<Empty<Bytes>>| async { Ok::<_, BoxError>(Response::new(())) });
-        b.iter(|| {
-            let request = Request::get(uri.clone())
-                .body(Empty::new())
-                .expect("request");
-            black_box(ready(inner.call(request)))
-        })
+    // (c) ours, warmed by one token request.
+    let cache = endpoint.cache();
+    runtime.block_on(cache.token()).expect("token");
+    let ours = BearerAuthLayer::new(cache, API).expect("layer").layer(Noop);
+    // (b) the floor.
+    let floor = AddAuthorizationLayer::bearer(TOKEN)
+        .as_sensitive(true)
+        .layer(Noop);
+    // (d) hand-rolled, warm.
+    let rwlock = RwLockAuth::new(Noop, endpoint.clone());
+    // (e) huskarl, warmed by one request.
+    let mut huskarl = HuskarlAuth::new(Noop, endpoint.clone());
+    let uri: Uri = URI.parse().expect("uri");
+    runtime.block_on(async {
+        let request = Request::get(uri.clone())
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        huskarl.call(request).await.expect("huskarl warm-up");
+        let mut rwlock = rwlock.clone();
+        let request = Request::get(uri.clone())
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        rwlock.call(request).await.expect("rwlock warm-up");
     });
-    group.bench_function("static_header", |b| {
-        let mut inner =
-            service_fn(|_: Request<Empty<Bytes>>| async { Ok::<_, BoxError>(Response::new(())) });
-        b.iter(|| {
-            let mut request = Request::get(uri.clone())
-                .body(Empty::new())
-                .expect("request");
-            request.headers_mut().insert(AUTHORIZATION, header.clone());
-            black_box(ready(inner.call(request)))
-        })
-    });
-    group.bench_function("bearer_auth", |b| {
-        let inner = service_fn(|_: Request<ReplayBody<Empty<Bytes>>>| async {
-            Ok::<_, BoxError>(Response::new(()))
-        });
-        let mut service = BearerAuthLayer::new(cache.clone(), "https://www.doctoralia.es")
-            .expect("layer")
-            .layer(inner);
-        b.iter(|| {
-            let request = Request::get(uri.clone())
-                .body(Empty::new())
-                .expect("request");
-            black_box(ready(service.call(request)))
-        })
-    });
-    group.finish();
+
+    for threads in [1, 2] {
+        let group_name = format!("hot_path_{threads}_thread");
+        let mut group = c.benchmark_group(&group_name);
+        bench(&mut group, FUNCTIONS[0], threads, Noop);
+        bench(&mut group, FUNCTIONS[1], threads, floor.clone());
+        bench(&mut group, FUNCTIONS[2], threads, ours.clone());
+        bench(&mut group, FUNCTIONS[3], threads, rwlock.clone());
+        bench(&mut group, FUNCTIONS[4], threads, huskarl.clone());
+        group.finish();
+        support::print_comparison(&group_name, &FUNCTIONS, FUNCTIONS[1], since);
+    }
+    assert_eq!(
+        endpoint.calls(),
+        3,
+        "one token request per design, all warm"
+    );
 }
 
-criterion_group!(benches, hot_path);
+criterion_group! {
+    name = benches;
+    config = support::criterion();
+    targets = hot_path
+}
 criterion_main!(benches);

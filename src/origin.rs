@@ -88,8 +88,10 @@ impl Origin {
     #[inline]
     pub(crate) fn matches(&self, authority: &str, https: bool) -> bool {
         let default_port = if https { 443 } else { 80 };
-        authority.eq_ignore_ascii_case(&self.host_port)
-            || (self.port == default_port && authority.eq_ignore_ascii_case(&self.host))
+        // Exact comparisons first (hosts are usually written in lower case, as stored).
+        let same = |a: &str, b: &str| a == b || a.eq_ignore_ascii_case(b);
+        (self.port == default_port && same(authority, &self.host))
+            || same(authority, &self.host_port)
     }
 }
 
@@ -151,11 +153,22 @@ impl Scope {
         self.allow_http_loopback = allow;
     }
 
-    /// May a token be attached to a request for `uri`? No allocation on success.
+    /// May a token be attached to a request for `uri`? No allocation on success, and no
+    /// parsing: an `https` URI whose authority is a configured origin is accepted with two
+    /// string comparisons; anything else takes the full [`check`](Self::check).
     #[inline]
     pub(crate) fn check_uri(&self, uri: &Uri) -> Result<(), Error> {
         match (uri.scheme(), uri.authority()) {
             (Some(scheme), Some(authority)) => {
+                // `Scheme` equality is case-insensitive (`HTTPS://` parses as `https`).
+                if *scheme == Scheme::HTTPS
+                    && self
+                        .origins
+                        .iter()
+                        .any(|o| o.matches(authority.as_str(), true))
+                {
+                    return Ok(());
+                }
                 self.check(scheme.as_str(), authority.as_str(), authority.host())
             }
             _ => Err(Error::new(

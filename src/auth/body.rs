@@ -1,10 +1,11 @@
 //! [`ReplayBody`]: the request body the inner service sees, which remembers what it sent
 //! (up to a limit) so that a request rejected with 401 can be sent again.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -42,17 +43,18 @@ pin_project! {
             #[pin]
             body: B,
             // None: too large to record.
-            tape: Option<Arc<Mutex<Tape>>>,
+            tape: Option<SharedTape>,
         },
         Replaying {
             chunks: VecDeque<Bytes>,
-            trailers: Option<HeaderMap>,
+            // Boxed: trailers are rare, and the body is moved with every request.
+            trailers: Option<Box<HeaderMap>>,
         },
     }
 }
 
 /// What a streaming body has sent so far.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Tape {
     chunks: Vec<Bytes>,
     size: usize,
@@ -64,8 +66,9 @@ pub(crate) struct Tape {
     state: TapeState,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum TapeState {
+    #[default]
     Recording,
     Complete,
     /// Larger than the limit, or the body failed: cannot be replayed.
@@ -76,7 +79,81 @@ enum TapeState {
 #[derive(Debug)]
 pub(crate) enum Replay {
     Empty,
-    Tape(Arc<Mutex<Tape>>),
+    Tape(SharedTape),
+}
+
+/// Tapes kept per thread for reuse (with their chunk lists), so that recording a body
+/// allocates nothing once a thread has sent a few requests.
+const POOLED_TAPES: usize = 32;
+/// A tape that held more chunks than this is freed, not kept.
+const MAX_POOLED_CHUNKS: usize = 16;
+
+thread_local! {
+    static TAPES: RefCell<Vec<Arc<Mutex<Tape>>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A tape shared by the body being sent and the response future. Whichever of the two
+/// drops it last (both hold it while the request is in flight) hands it back to its
+/// thread's pool, emptied.
+#[derive(Debug)]
+pub(crate) struct SharedTape(Option<Arc<Mutex<Tape>>>);
+
+impl SharedTape {
+    fn new(limit: usize, expected: Option<u64>) -> Self {
+        let pooled = TAPES
+            .try_with(|tapes| tapes.try_borrow_mut().ok().and_then(|mut t| t.pop()))
+            .ok()
+            .flatten();
+        let tape = pooled.unwrap_or_default();
+        {
+            let mut t = lock(&tape);
+            t.limit = limit;
+            t.expected = expected;
+        }
+        Self(Some(tape))
+    }
+
+    fn share(&self) -> Self {
+        Self(self.0.clone())
+    }
+
+    fn lock(&self) -> Option<MutexGuard<'_, Tape>> {
+        self.0
+            .as_deref()
+            .map(|m| m.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+fn lock(tape: &Mutex<Tape>) -> MutexGuard<'_, Tape> {
+    tape.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Drop for SharedTape {
+    fn drop(&mut self) {
+        let Some(mut tape) = self.0.take() else {
+            return;
+        };
+        // Only the last holder gets here with `Some`.
+        let Some(t) = Arc::get_mut(&mut tape) else {
+            return;
+        };
+        let t = t.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if t.chunks.capacity() > MAX_POOLED_CHUNKS {
+            return;
+        }
+        t.chunks.clear();
+        *t = Tape {
+            chunks: std::mem::take(&mut t.chunks),
+            ..Tape::default()
+        };
+        let _ = TAPES.try_with(|tapes| {
+            if let Ok(mut tapes) = tapes.try_borrow_mut() {
+                if tapes.len() < POOLED_TAPES {
+                    tapes.push(tape);
+                }
+            }
+        });
+    }
 }
 
 impl<B> ReplayBody<B> {
@@ -94,17 +171,10 @@ impl<B> ReplayBody<B> {
             let kind = Kind::Streaming { body, tape: None };
             return (Self { kind }, None);
         }
-        let tape = Arc::new(Mutex::new(Tape {
-            chunks: Vec::new(),
-            size: 0,
-            limit,
-            expected: body.size_hint().exact().or(content_length),
-            trailers: None,
-            state: TapeState::Recording,
-        }));
+        let tape = SharedTape::new(limit, body.size_hint().exact().or(content_length));
         let kind = Kind::Streaming {
             body,
-            tape: Some(Arc::clone(&tape)),
+            tape: Some(tape.share()),
         };
         (Self { kind }, Some(Replay::Tape(tape)))
     }
@@ -119,9 +189,7 @@ impl Replay {
     pub(crate) fn is_complete(&self) -> bool {
         match self {
             Replay::Empty => true,
-            Replay::Tape(tape) => {
-                tape.lock().unwrap_or_else(PoisonError::into_inner).state == TapeState::Complete
-            }
+            Replay::Tape(tape) => tape.lock().is_some_and(|t| t.state == TapeState::Complete),
         }
     }
 
@@ -130,11 +198,11 @@ impl Replay {
         match self {
             Replay::Empty => Some(ReplayBody::empty()),
             Replay::Tape(tape) => {
-                let tape = tape.lock().unwrap_or_else(PoisonError::into_inner);
+                let tape = tape.lock()?;
                 (tape.state == TapeState::Complete).then(|| ReplayBody {
                     kind: Kind::Replaying {
                         chunks: tape.chunks.iter().cloned().collect(),
-                        trailers: tape.trailers.clone(),
+                        trailers: tape.trailers.clone().map(Box::new),
                     },
                 })
             }
@@ -177,9 +245,9 @@ impl Tape {
     }
 }
 
-fn with_tape(tape: &Option<Arc<Mutex<Tape>>>, f: impl FnOnce(&mut Tape)) {
-    if let Some(tape) = tape {
-        f(&mut tape.lock().unwrap_or_else(PoisonError::into_inner));
+fn with_tape(tape: &Option<SharedTape>, f: impl FnOnce(&mut Tape)) {
+    if let Some(mut tape) = tape.as_ref().and_then(SharedTape::lock) {
+        f(&mut tape);
     }
 }
 
@@ -226,7 +294,7 @@ where
                 if let Some(chunk) = chunks.pop_front() {
                     Poll::Ready(Some(Ok(Frame::data(chunk))))
                 } else if let Some(trailers) = trailers.take() {
-                    Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                    Poll::Ready(Some(Ok(Frame::trailers(*trailers))))
                 } else {
                     Poll::Ready(None)
                 }

@@ -21,15 +21,15 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use http::header::{AUTHORIZATION, CONTENT_LENGTH};
-use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::body::{Replay, ReplayBody};
+use super::head::Head;
 use super::layer::Config;
-use crate::cache::{Rejection, TokenCache};
+use crate::cache::{CacheHandle, Rejection};
 use crate::error::{BoxError, Error, Kind};
 use crate::token::AccessToken;
 
@@ -52,11 +52,11 @@ pin_project! {
     #[project = StateProj]
     enum State<F, B, R> {
         Refused { error: Option<Error> },
-        // Slow paths keep their request boxed, so that the hot path's future stays small
-        // (it is moved a few times per request).
+        // Slow paths keep their request (and the 401 answer) boxed, so that the hot path's
+        // future stays small (it is moved a few times per request).
         Token { token: TokenFuture, request: Option<Box<Request<B>>> },
         Called { #[pin] future: F },
-        Refresh { token: TokenFuture, rejected: Option<R> },
+        Refresh { token: TokenFuture, rejected: Option<Box<R>> },
         Ready { request: Option<Box<Request<ReplayBody<B>>>> },
         Replayed { #[pin] future: F },
     }
@@ -66,12 +66,12 @@ pin_project! {
 struct Attempt<S, B> {
     /// The inner service that was polled ready for this request.
     inner: S,
-    cache: TokenCache,
+    cache: CacheHandle,
     replay_limit: usize,
     /// The id of the token the request was sent with.
     used: u64,
     /// The head and the recorded body, for one replay.
-    replay: Option<(Parts, Replay)>,
+    replay: Option<(Head, Replay)>,
     _body: std::marker::PhantomData<fn(B)>,
 }
 
@@ -86,37 +86,74 @@ where
         }
     }
 
-    pub(crate) fn new(inner: S, config: &Config, request: Request<B>) -> Self
+    #[inline]
+    pub(crate) fn new(mut inner: S, config: &Config, request: Request<B>) -> Self
     where
         B: Body,
     {
-        let cache = config.cache.clone();
-        let mut attempt = Attempt {
-            inner,
-            cache,
-            replay_limit: config.replay_limit,
-            used: 0,
-            replay: None,
-            _body: std::marker::PhantomData,
-        };
-        // The hot path: a usable token is one lock-free load away.
-        let state = match attempt.cache.header() {
-            Some((header, id)) => State::Called {
-                future: attempt.send(request, header, id),
-            },
-            None => State::Token {
-                token: token_future(&attempt.cache),
-                request: Some(Box::new(request)),
-            },
+        // This thread's handle on the cache, for a 401 (see `CacheHandle`).
+        let cache = config.cache.handle();
+        // The hot path: a usable token is one lock-free load away. The future is built
+        // once, in its final shape, with the inner future already in it.
+        let (state, used, replay) = match config.cache.header() {
+            Some((header, id)) => {
+                let (future, replay) = send(&mut inner, request, header, config.replay_limit);
+                (State::Called { future }, id, replay)
+            }
+            None => (
+                State::Token {
+                    token: token_future(&cache),
+                    request: Some(Box::new(request)),
+                },
+                0,
+                None,
+            ),
         };
         Self {
             state,
-            attempt: Some(attempt),
+            attempt: Some(Attempt {
+                inner,
+                cache,
+                replay_limit: config.replay_limit,
+                used,
+                replay,
+                _body: std::marker::PhantomData,
+            }),
         }
     }
 }
 
-fn token_future(cache: &TokenCache) -> TokenFuture {
+/// Attach the token and call the (ready) inner service; also returns what a replay needs
+/// (the head and the recorded body) when the body may be replayed.
+#[inline]
+fn send<S, B>(
+    inner: &mut S,
+    request: Request<B>,
+    header: HeaderValue,
+    replay_limit: usize,
+) -> (S::Future, Option<(Head, Replay)>)
+where
+    S: Service<Request<ReplayBody<B>>>,
+    B: Body,
+{
+    let (mut parts, body) = request.into_parts();
+    // `Content-Length` only matters for a body that is not empty.
+    let content_length = if body.is_end_stream() {
+        None
+    } else {
+        parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let (body, replay) = ReplayBody::new(body, replay_limit, content_length);
+    let replay = replay.map(|replay| (Head::record(&parts), replay));
+    parts.headers.insert(AUTHORIZATION, header);
+    (inner.call(Request::from_parts(parts, body)), replay)
+}
+
+fn token_future(cache: &CacheHandle) -> TokenFuture {
     let cache = cache.clone();
     Box::pin(async move { cache.token().await })
 }
@@ -129,24 +166,6 @@ impl<S, B> Attempt<S, B>
 where
     S: Service<Request<ReplayBody<B>>>,
 {
-    /// Attach the token and call the (ready) inner service.
-    fn send(&mut self, request: Request<B>, header: HeaderValue, id: u64) -> S::Future
-    where
-        B: Body,
-    {
-        let (mut parts, body) = request.into_parts();
-        let content_length = parts
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok());
-        let (body, replay) = ReplayBody::new(body, self.replay_limit, content_length);
-        self.replay = replay.map(|replay| (parts.clone(), replay));
-        parts.headers.insert(AUTHORIZATION, header);
-        self.used = id;
-        self.inner.call(Request::from_parts(parts, body))
-    }
-
     /// Whether the request can be sent again: its head is kept and its body recorded whole.
     fn can_replay(&self) -> bool {
         self.replay
@@ -156,8 +175,9 @@ where
 
     /// The request once more, with `token`, if its body was recorded whole.
     fn replay_with(&mut self, token: &AccessToken) -> Option<Request<ReplayBody<B>>> {
-        let (mut parts, replay) = self.replay.take()?;
+        let (head, replay) = self.replay.take()?;
         let body = replay.body()?;
+        let mut parts = head.into_parts()?;
         parts
             .headers
             .insert(AUTHORIZATION, token.header_value().clone());
@@ -189,7 +209,11 @@ where
                 StateProj::Token { token, request } => {
                     let token = ready!(token.as_mut().poll(cx))?;
                     let request = request.take().ok_or_else(gone)?;
-                    let future = attempt.send(*request, token.header_value().clone(), token.id());
+                    let header = token.header_value().clone();
+                    let (future, replay) =
+                        send(&mut attempt.inner, *request, header, attempt.replay_limit);
+                    attempt.used = token.id();
+                    attempt.replay = replay;
                     this.state.set(State::Called { future });
                 }
                 StateProj::Called { future } => {
@@ -204,7 +228,7 @@ where
                     }
                     this.state.set(State::Refresh {
                         token: token_future(&attempt.cache),
-                        rejected: Some(response),
+                        rejected: Some(Box::new(response)),
                     });
                 }
                 StateProj::Refresh { token, rejected } => {
@@ -219,7 +243,7 @@ where
                         }
                     };
                     let Some(request) = request else {
-                        return Poll::Ready(Ok(rejected));
+                        return Poll::Ready(Ok(*rejected));
                     };
                     // The 401 is not needed any more: drop it (and its body) before the replay.
                     drop(rejected);

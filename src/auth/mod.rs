@@ -35,6 +35,7 @@
 
 mod body;
 mod future;
+mod head;
 mod layer;
 mod service;
 

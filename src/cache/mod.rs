@@ -112,12 +112,47 @@ pub(crate) use self::policy::{Freshness, Schedule};
 
 /// A shared, self-refreshing cache of one credential set's access token.
 ///
-/// Cheap to clone (one `Arc`); every clone is the same cache. Build one per credential
+/// Cheap to clone (two `Arc`s); every clone is the same cache. Build one per credential
 /// set and hand clones to every layer and client that should share the token. See the
 /// [module docs](crate::cache) for the refresh timeline.
 #[derive(Clone)]
 pub struct TokenCache {
     shared: Arc<Shared>,
+    /// The handles response futures hold, one per thread slot (see [`CacheHandle`]).
+    handles: Arc<[CacheHandle]>,
+}
+
+/// How many handles a cache keeps for response futures: threads beyond this many share.
+const HANDLE_SLOTS: usize = 16;
+
+/// What a response future keeps of its cache, for a 401: a strong reference, through a
+/// handle that the threads sending requests do not share. Every request takes one (and
+/// drops it with its future); a reference count that several threads increment and
+/// decrement per request bounces its cache line between their cores, which costs more than
+/// everything else on the hot path together. So each thread takes its own slot's handle
+/// (threads are spread over [`HANDLE_SLOTS`] slots), each alone on its cache line.
+#[derive(Clone)]
+pub(crate) struct CacheHandle(Arc<Slot>);
+
+#[repr(align(128))] // a cache line of its own (x86 prefetches lines in pairs)
+struct Slot(Arc<Shared>);
+
+/// This thread's slot: threads are numbered in the order they first send a request.
+#[inline]
+fn thread_slot() -> usize {
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    SLOT.try_with(|slot| {
+        if slot.get() == usize::MAX {
+            slot.set(NEXT.fetch_add(1, Ordering::Relaxed) % HANDLE_SLOTS);
+        }
+        slot.get()
+    })
+    .unwrap_or(0)
 }
 
 struct Shared {
@@ -191,10 +226,7 @@ impl TokenCache {
     /// Fails fast with the last error while the token endpoint is backing off after a
     /// failure and no valid token is cached.
     pub async fn token(&self) -> Result<AccessToken, Error> {
-        if let Some(token) = self.cached() {
-            return Ok(token);
-        }
-        self.shared.wait_for_token().await
+        self.shared.token().await
     }
 
     /// The cached token if it may still be sent, without waiting (a stale token starts a
@@ -236,13 +268,21 @@ impl TokenCache {
     }
 
     /// A 401 was answered to a request that carried the token `used_id`.
+    #[cfg(feature = "reqwest")]
     pub(crate) fn reject(&self, used_id: u64) -> Rejection {
         self.shared.reject(used_id, true)
     }
 
     /// A request is replayed with a new token after a 401.
+    #[cfg(feature = "reqwest")]
     pub(crate) fn count_replay(&self) {
         self.shared.observer.replayed();
+    }
+
+    /// A handle on this cache for a response future (see [`CacheHandle`]).
+    #[inline]
+    pub(crate) fn handle(&self) -> CacheHandle {
+        self.handles[thread_slot() % self.handles.len()].clone()
     }
 
     /// A request was refused before sending (`error` says why).
@@ -251,7 +291,39 @@ impl TokenCache {
     }
 }
 
+impl CacheHandle {
+    /// See [`TokenCache::token`].
+    pub(crate) async fn token(&self) -> Result<AccessToken, Error> {
+        self.0 .0.token().await
+    }
+
+    /// See [`TokenCache::reject`].
+    pub(crate) fn reject(&self, used_id: u64) -> Rejection {
+        self.0 .0.reject(used_id, true)
+    }
+
+    /// See [`TokenCache::count_replay`].
+    pub(crate) fn count_replay(&self) {
+        self.0 .0.observer.replayed();
+    }
+}
+
+impl fmt::Debug for CacheHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CacheHandle")
+            .field(&self.0 .0.observer.name())
+            .finish()
+    }
+}
+
 impl Shared {
+    async fn token(self: &Arc<Self>) -> Result<AccessToken, Error> {
+        if let Some(token) = self.with_usable(Instant::now(), |entry| entry.token.clone()) {
+            return Ok(token);
+        }
+        self.wait_for_token().await
+    }
+
     /// Apply `f` to the current entry if it may be sent at `now`; a stale entry also
     /// starts a background refresh. One load, no lock on the fresh path.
     #[inline]
@@ -387,20 +459,22 @@ impl TokenCacheBuilder {
 
     /// The cache. It fetches nothing until the first token is asked for.
     pub fn build(self) -> TokenCache {
-        TokenCache {
-            shared: Arc::new(Shared {
-                current: ArcSwapOption::empty(),
-                source: self.source,
-                config: self.config,
-                epoch: Instant::now(),
-                not_before: AtomicU64::new(0),
-                flight: Mutex::new(Flight::default()),
-                observer: Observer::new(self.name),
-                fleet: self.store.map(|(store, key)| {
-                    Fleet::new(store, key, self.store_timeout, self.config.request_timeout)
-                }),
+        let shared = Arc::new(Shared {
+            current: ArcSwapOption::empty(),
+            source: self.source,
+            config: self.config,
+            epoch: Instant::now(),
+            not_before: AtomicU64::new(0),
+            flight: Mutex::new(Flight::default()),
+            observer: Observer::new(self.name),
+            fleet: self.store.map(|(store, key)| {
+                Fleet::new(store, key, self.store_timeout, self.config.request_timeout)
             }),
-        }
+        });
+        let handles = (0..HANDLE_SLOTS)
+            .map(|_| CacheHandle(Arc::new(Slot(Arc::clone(&shared)))))
+            .collect();
+        TokenCache { shared, handles }
     }
 }
 

@@ -63,6 +63,8 @@ where
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 continue;
             };
+            // Small answers go out at once (no Nagle delay waiting for the client's ACK).
+            let _ = tcp.set_nodelay(true);
             connections.spawn(serve(tcp));
             // Reap finished connections so the set does not grow without bound.
             while connections.try_join_next().is_some() {}
