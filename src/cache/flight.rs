@@ -30,6 +30,25 @@ struct Running {
     generation: u64,
     /// Past this instant the refresh is presumed stuck.
     deadline: Instant,
+    /// The runtime its task runs on.
+    runtime: tokio::runtime::Id,
+}
+
+impl Running {
+    fn waiting(&self) -> Next {
+        Next::Wait(Waiting {
+            rx: self.rx.clone(),
+            deadline: self.deadline,
+            runtime: self.runtime,
+        })
+    }
+}
+
+/// A caller's part in a refresh: its outcome, and how long to wait for it.
+struct Waiting {
+    rx: watch::Receiver<Outcome>,
+    deadline: Instant,
+    runtime: tokio::runtime::Id,
 }
 
 /// The slow-path state of a cache, behind its mutex.
@@ -85,7 +104,7 @@ impl Flight {
 /// What a caller without a usable token does next.
 enum Next {
     Ready(AccessToken),
-    Wait(watch::Receiver<Outcome>, Instant),
+    Wait(Waiting),
 }
 
 fn aborted(why: &str) -> Error {
@@ -106,15 +125,18 @@ impl Shared {
     /// The slow path: join the refresh in flight, or start one, or fail fast while backing
     /// off; then wait for its outcome (no longer than until it is presumed stuck).
     pub(super) async fn wait_for_token(self: &Arc<Self>) -> Result<AccessToken, Error> {
-        let (mut rx, deadline) = match self.join_or_start()? {
+        let (mut rx, deadline, runtime) = match self.join_or_start()? {
             Next::Ready(token) => return Ok(token),
-            Next::Wait(rx, deadline) => (rx, deadline),
+            Next::Wait(waiting) => (waiting.rx, waiting.deadline, waiting.runtime),
         };
-        let waited = if runtime_has_timer() {
+        // A deadline of our own only helps when the refresh runs on another runtime, which
+        // nobody may be driving. On ours, its own timeout bounds it: if this runtime is
+        // driven, so is the refresh task; if not, a timer of ours would not fire either.
+        // (Skipping the timer matters in a stampede: thousands of waiters, one refresh.)
+        let same_runtime = tokio::runtime::Handle::try_current().is_ok_and(|h| h.id() == runtime);
+        let waited = if !same_runtime && runtime_has_timer() {
             tokio::time::timeout_at(deadline, rx.wait_for(Option::is_some)).await
         } else {
-            // Without timers the refresh task cannot have started on this runtime; it runs
-            // on another one, whose own timeout bounds it.
             Ok(rx.wait_for(Option::is_some).await)
         };
         let outcome =
@@ -143,7 +165,7 @@ impl Shared {
             }
         }
         if let Some(running) = flight.running_at(now) {
-            return Ok(Next::Wait(running.rx.clone(), running.deadline));
+            return Ok(running.waiting());
         }
         if let (Some(retry_at), Some(error)) = (flight.retry_at, &flight.last_error) {
             if now < retry_at {
@@ -151,7 +173,7 @@ impl Shared {
             }
         }
         let running = self.start(&mut flight, now, Trigger::Waiting)?;
-        Ok(Next::Wait(running.rx.clone(), running.deadline))
+        Ok(running.waiting())
     }
 
     /// A stale token was served at `now`: make sure one background refresh is under way,
@@ -227,6 +249,7 @@ impl Shared {
             rx,
             generation,
             deadline,
+            runtime: runtime.id(),
         }))
     }
 
