@@ -154,6 +154,26 @@ async fn load(fake: &FakeDocplanner, replicas: &[Arc<Replica>], per_replica: usi
         .count()
 }
 
+/// Steady load (5 requests per replica every 100 ms, all answered 200) until every replica
+/// has moved off `first`; returns the number of rounds.
+async fn load_until_rolled_over(
+    fake: &FakeDocplanner,
+    fleet: &[Arc<Replica>],
+    first: &docplanner_auth::AccessToken,
+) -> u64 {
+    let mut rounds = 0;
+    while fleet
+        .iter()
+        .any(|r| r.cache.cached().unwrap().same_secret(first))
+    {
+        assert!(rounds < 60, "the fleet never rolled over");
+        assert_eq!(load(fake, fleet, 5).await, fleet.len() * 5);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rounds += 1;
+    }
+    rounds
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_replicas_cold_start_make_one_token_request() {
     let Some(redis) = RedisServer::start("eight_replicas_cold_start_make_one_token_request") else {
@@ -187,16 +207,7 @@ async fn a_rollover_under_load_makes_one_token_request() {
     assert_eq!(fake.stats().token_requests, 1);
     let first = fleet[0].cache.cached().unwrap();
     // Steady load until every replica moved on to the new token.
-    let mut rounds = 0;
-    while fleet
-        .iter()
-        .any(|r| r.cache.cached().unwrap().same_secret(&first))
-    {
-        assert!(rounds < 60, "the fleet never rolled over");
-        assert_eq!(load(&fake, &fleet, 5).await, 40);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        rounds += 1;
-    }
+    let rounds = load_until_rolled_over(&fake, &fleet, &first).await;
     let stats = fake.stats();
     assert_eq!(stats.token_requests, 2, "one refresh for the fleet");
     assert_eq!(stats.api_expired_token, 0);
@@ -250,16 +261,7 @@ async fn redis_killed_mid_run_fails_no_request() {
     let first = fleet[0].cache.cached().unwrap();
     redis.kill();
     // Across a rollover with Redis gone: every replica refreshes on its own.
-    let mut rounds = 0;
-    while fleet
-        .iter()
-        .any(|r| r.cache.cached().unwrap().same_secret(&first))
-    {
-        assert!(rounds < 60, "the fleet never rolled over");
-        assert_eq!(load(&fake, &fleet, 5).await, 40);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        rounds += 1;
-    }
+    let rounds = load_until_rolled_over(&fake, &fleet, &first).await;
     let stats = fake.stats();
     assert!(
         stats.token_requests <= 1 + 8,

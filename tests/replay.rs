@@ -22,15 +22,8 @@ async fn a_burst_of_401s_for_a_revoked_token_makes_one_refresh_and_each_request_
     s.fake.revoke_all_tokens();
     // Every request is in flight with the revoked token before the first 401 comes back.
     s.fake.set_api_latency(Duration::from_millis(100));
-    let tasks: Vec<_> = (0..1_000)
-        .map(|_| {
-            let s = Arc::clone(&s);
-            tokio::spawn(async move { s.get().await.map(|r| r.status()) })
-        })
-        .collect();
-    for task in tasks {
-        assert_eq!(task.await.unwrap().unwrap(), StatusCode::OK);
-    }
+    let statuses = support::concurrent_gets(&s, 1_000).await;
+    assert!(statuses.iter().all(|&status| status == StatusCode::OK));
     let fake = s.fake.stats();
     assert_eq!(
         fake.api_revoked_token, 1_000,

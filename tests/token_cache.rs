@@ -49,15 +49,8 @@ async fn ten_thousand_concurrent_requests_on_a_cold_cache_make_one_token_request
     let s = Arc::new(in_process());
     s.fake
         .fail_next_token_requests(1, TokenFault::Delay(Duration::from_secs(1)));
-    let tasks: Vec<_> = (0..10_000)
-        .map(|_| {
-            let s = Arc::clone(&s);
-            tokio::spawn(async move { s.get().await.map(|r| r.status()) })
-        })
-        .collect();
-    for task in tasks {
-        assert_eq!(task.await.unwrap().unwrap(), StatusCode::OK);
-    }
+    let statuses = support::concurrent_gets(&s, 10_000).await;
+    assert!(statuses.iter().all(|&status| status == StatusCode::OK));
     let fake = s.fake.stats();
     assert_eq!(fake.token_requests, 1);
     assert_eq!(fake.api_ok, 10_000);
@@ -70,15 +63,8 @@ async fn ten_thousand_parallel_requests_make_one_token_request() {
     let s = Arc::new(in_process());
     s.fake
         .fail_next_token_requests(1, TokenFault::Delay(Duration::from_millis(50)));
-    let tasks: Vec<_> = (0..10_000)
-        .map(|_| {
-            let s = Arc::clone(&s);
-            tokio::spawn(async move { s.get().await.map(|r| r.status()) })
-        })
-        .collect();
-    for task in tasks {
-        assert_eq!(task.await.unwrap().unwrap(), StatusCode::OK);
-    }
+    let statuses = support::concurrent_gets(&s, 10_000).await;
+    assert!(statuses.iter().all(|&status| status == StatusCode::OK));
     assert_eq!(s.fake.stats().token_requests, 1);
 }
 

@@ -70,6 +70,21 @@ impl Setup {
     }
 }
 
+/// `n` GET /facilities spawned as tasks at once; returns their statuses.
+pub async fn concurrent_gets(s: &std::sync::Arc<Setup>, n: usize) -> Vec<StatusCode> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let s = std::sync::Arc::clone(s);
+            tokio::spawn(async move { s.get().await.map(|r| r.status()) })
+        })
+        .collect();
+    let mut statuses = Vec::with_capacity(n);
+    for task in tasks {
+        statuses.push(task.await.unwrap().unwrap());
+    }
+    statuses
+}
+
 pub async fn status<B>(response: Result<Response<B>, BoxError>) -> StatusCode {
     response.unwrap().status()
 }
