@@ -177,7 +177,9 @@ impl Middleware for BearerAuthMiddleware {
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
-        let rejection = self.cache.reject(used);
+        // The 401 path goes through the same cache handle the tower layer's futures use.
+        let cache = self.cache.handle();
+        let rejection = cache.reject(used);
         // Only wait for a new token if the request can be sent again with it.
         let mut replay = match replay {
             Some(replay) if rejection != Rejection::RateLimited => replay,
@@ -196,11 +198,11 @@ impl Middleware for BearerAuthMiddleware {
         replay
             .headers_mut()
             .insert(AUTHORIZATION, token.header_value().clone());
-        self.cache.count_replay();
+        cache.count_replay();
         let response = next.run(replay, extensions).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
             // Rejected twice: drop that token too (rate-limited), never loop.
-            self.cache.reject(token.id());
+            cache.reject(token.id());
         }
         Ok(response)
     }

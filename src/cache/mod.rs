@@ -267,18 +267,6 @@ impl TokenCache {
         })
     }
 
-    /// A 401 was answered to a request that carried the token `used_id`.
-    #[cfg(feature = "reqwest")]
-    pub(crate) fn reject(&self, used_id: u64) -> Rejection {
-        self.shared.reject(used_id, true)
-    }
-
-    /// A request is replayed with a new token after a 401.
-    #[cfg(feature = "reqwest")]
-    pub(crate) fn count_replay(&self) {
-        self.shared.observer.replayed();
-    }
-
     /// A handle on this cache for a response future (see [`CacheHandle`]).
     #[inline]
     pub(crate) fn handle(&self) -> CacheHandle {
@@ -297,12 +285,13 @@ impl CacheHandle {
         self.0 .0.token().await
     }
 
-    /// See [`TokenCache::reject`].
+    /// A 401 was answered to a request that carried the token `used_id`: drop it if it is
+    /// still current (compare-and-swap), unless a forced refresh ran too recently.
     pub(crate) fn reject(&self, used_id: u64) -> Rejection {
         self.0 .0.reject(used_id, true)
     }
 
-    /// See [`TokenCache::count_replay`].
+    /// A request is replayed with a new token after a 401.
     pub(crate) fn count_replay(&self) {
         self.0 .0.observer.replayed();
     }
