@@ -278,7 +278,7 @@ pub mod testing;
 mod token;
 
 pub use crate::auth::{BearerAuth, BearerAuthLayer, ReplayBody, ResponseFuture};
-pub use crate::cache::{CacheStats, TokenCache, TokenCacheBuilder};
+pub use crate::cache::{CacheStats, CacheStatus, TokenCache, TokenCacheBuilder, Unauthorized};
 pub use crate::error::{BoxError, Error};
 pub use crate::source::{ClientCredentials, TokenSource};
 pub use crate::token::{AccessToken, MAX_LIFETIME};

@@ -66,7 +66,7 @@ use http::{Extensions, HeaderValue};
 use reqwest_middleware::{Middleware, Next};
 
 use crate::auth::BearerAuthLayer;
-use crate::cache::{Rejection, TokenCache};
+use crate::cache::{TokenCache, Unauthorized};
 use crate::error::Error;
 use crate::origin::{Origin, Scope};
 
@@ -170,42 +170,45 @@ impl Middleware for BearerAuthMiddleware {
             .map_err(reqwest_middleware::Error::middleware)?;
         // Cloned before the token goes in, and before sending: a streamed body cannot be
         // cloned (`None`), and a 401 to such a request is returned as it is.
-        let replay = request.try_clone();
+        let again = request.try_clone();
         request.headers_mut().insert(AUTHORIZATION, header);
 
+        // The 401 policy is the tower layer's, asked the same way (see `cache/reauth.rs`).
+        let mut reauth = self.cache.reauth(used);
         let response = next.clone().run(request, extensions).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
+            reauth.accepted();
             return Ok(response);
         }
-        // The 401 path goes through the same cache handle the tower layer's futures use.
-        let cache = self.cache.handle();
-        let rejection = cache.reject(used);
-        // Only wait for a new token if the request can be sent again with it.
-        let mut replay = match replay {
-            Some(replay) if rejection != Rejection::RateLimited => replay,
-            _ => return Ok(response),
+        let token = match reauth.rejected(again.is_some()) {
+            Ok(replacement) => replacement.await,
+            Err(why) => Err(why),
         };
-        let token = match self.cache.token().await {
-            Ok(token) if token.id() != used => token,
-            Ok(_) => return Ok(response), // the endpoint handed out the rejected token again
-            Err(error) => {
-                tracing::warn!(%error, "no new token after a 401; returning the 401");
-                return Ok(response);
-            }
+        let (token, mut again) = match (token, again) {
+            (Ok(token), Some(again)) => (token, again),
+            (Err(why), _) => return Ok(unauthorized(response, why)),
+            (Ok(_), None) => return Ok(unauthorized(response, Unauthorized::NotReplayable)),
         };
         // The 401 is not needed any more: drop it (and its body) before the replay.
         drop(response);
-        replay
+        again
             .headers_mut()
             .insert(AUTHORIZATION, token.header_value().clone());
-        cache.count_replay();
-        let response = next.run(replay, extensions).await?;
-        if response.status() == StatusCode::UNAUTHORIZED {
-            // Rejected twice: drop that token too (rate-limited), never loop.
-            cache.reject(token.id());
+        reauth.replaying(&token);
+        let response = next.run(again, extensions).await?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            reauth.accepted();
+            return Ok(response);
         }
-        Ok(response)
+        let why = reauth.rejected_again();
+        Ok(unauthorized(response, why))
     }
+}
+
+/// `response` (a 401) with the reason it is handed back in its extensions.
+fn unauthorized(mut response: Response, why: Unauthorized) -> Response {
+    response.extensions_mut().insert(why);
+    response
 }
 
 impl fmt::Debug for BearerAuthMiddleware {

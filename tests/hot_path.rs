@@ -1,7 +1,8 @@
 //! The hot path with a fresh token: no await (the response future is ready on its first
-//! poll when the inner service is), and no heap allocation beyond what inserting the
-//! header costs anyway, counted by a counting global allocator (per thread, so parallel
-//! tests do not disturb it).
+//! poll when the inner service is), and at most two heap allocations beyond what inserting
+//! the header costs anyway (the head kept for a replay, and the tape that records the
+//! body), counted by a counting global allocator (per thread, so parallel tests do not
+//! disturb it).
 #![allow(clippy::unwrap_used)]
 // A global allocator is unsafe to implement; it only counts and forwards to `System`.
 #![allow(unsafe_code)]
@@ -53,7 +54,7 @@ fn poll_once<F: Future>(future: F) -> Poll<F::Output> {
 const URI: &str = "https://www.doctoralia.es/api/v3/integration/facilities";
 
 #[tokio::test(flavor = "current_thread")]
-async fn a_fresh_token_costs_no_await_and_no_extra_allocation() {
+async fn a_fresh_token_costs_no_await_and_at_most_two_allocations_for_the_replay() {
     let cache = TokenCache::new(|| async {
         Ok::<_, BoxError>(AccessToken::new("hot-token", Duration::from_secs(3600))?)
     });
@@ -66,8 +67,6 @@ async fn a_fresh_token_costs_no_await_and_no_extra_allocation() {
         .layer(inner);
     let header = cache.token().await.unwrap().header_value().clone();
 
-    // The first request on a thread allocates the buffer its thread then reuses to record
-    // request heads for a replay; every later one allocates nothing of its own.
     let warm_up = Request::get(URI).body(Empty::<Bytes>::new()).unwrap();
     assert!(poll_once(service.call(warm_up)).is_ready());
 
@@ -87,11 +86,13 @@ async fn a_fresh_token_costs_no_await_and_no_extra_allocation() {
             request.headers_mut().insert(AUTHORIZATION, header.clone());
             drop(request);
         });
-        assert_eq!(ours, floor, "allocations: ours {ours}, floor {floor}");
+        // The head kept for a replay: one buffer.
+        assert_eq!(ours, floor + 1, "allocations: ours {ours}, floor {floor}");
     }
 
     // A realistic request: three headers and a JSON body that the inner service reads (as
-    // hyper does); recording its head and body for a replay allocates nothing either.
+    // hyper does); recording its head and its body for a replay costs two allocations,
+    // whatever the number of headers.
     let inner = service_fn(|request: Request<ReplayBody<Full<Bytes>>>| async move {
         let mut body = std::pin::pin!(request.into_body());
         while let Some(frame) = body.frame().await {
@@ -110,7 +111,7 @@ async fn a_fresh_token_costs_no_await_and_no_extra_allocation() {
             .body(Full::new(Bytes::from_static(br#"{"duration":30}"#)))
             .unwrap()
     };
-    assert!(poll_once(service.call(post())).is_ready()); // warm-up, as above
+    assert!(poll_once(service.call(post())).is_ready()); // warm-up
     for _ in 0..3 {
         let request = post();
         let (poll, ours) = allocations(|| {
@@ -125,7 +126,8 @@ async fn a_fresh_token_costs_no_await_and_no_extra_allocation() {
             drop(request);
         });
         assert_eq!(
-            ours, floor,
+            ours,
+            floor + 2,
             "a realistic request: ours {ours}, floor {floor}"
         );
     }

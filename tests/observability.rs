@@ -56,7 +56,7 @@ async fn tracing_shows_the_story_and_never_a_secret() {
         "trigger=\"waiting\"",
         "outcome=\"ok\"",
         "new access token stored",
-        "token invalidated",
+        "token rejected (401): suspect until a new one arrives",
         "replaying a request",
         "token refresh failed; backing off",
         "request refused before sending",

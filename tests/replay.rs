@@ -8,11 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use docplanner_auth::testing::FakeDocplanner;
+use docplanner_auth::cache::{Backoff, TokenState};
+use docplanner_auth::testing::{FakeDocplanner, TokenFault};
+use docplanner_auth::Unauthorized;
 use http::{Request, StatusCode};
 use http_body::Frame;
 use http_body_util::{Full, StreamBody};
-use support::{body_text, booking_json, in_process, status};
+use support::{body_text, booking_json, in_process, in_process_with, status};
 use tower::{Layer, ServiceExt};
 
 #[tokio::test(start_paused = true)]
@@ -40,38 +42,139 @@ async fn a_burst_of_401s_for_a_revoked_token_makes_one_refresh_and_each_request_
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_401_on_the_replay_goes_back_to_the_caller() {
+async fn a_401_on_the_replay_goes_back_to_the_caller_and_fresh_rejected_tokens_back_off() {
     let s = in_process();
     assert_eq!(status(s.get().await).await, StatusCode::OK);
     s.fake.set_api_always_401(true);
 
     let response = s.get().await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(matches!(
+        response.extensions().get::<Unauthorized>(),
+        Some(Unauthorized::RejectedAfterReplay)
+    ));
     assert!(body_text(response).await.contains("not allowed"));
-    assert_eq!(
-        s.fake.stats().token_requests,
-        2,
-        "at most one extra token request"
-    );
-    assert_eq!(s.cache.stats().replays, 1, "replayed once, not in a loop");
-    assert_eq!(s.fake.stats().api_forced_401, 2);
+    assert_eq!(s.fake.stats().token_requests, 2, "one forced refresh");
+    assert_eq!(s.fake.stats().api_forced_401, 2, "sent once, replayed once");
 
-    // More such 401s right away: forced refreshes are rate-limited, no replay.
+    // The new token was rejected before the API accepted it once: evidence that new tokens
+    // do not help. More 401s right away force no refresh and replay nothing.
     for _ in 0..50 {
-        assert_eq!(status(s.get().await).await, StatusCode::UNAUTHORIZED);
+        let response = s.get().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert!(matches!(
+            response.extensions().get::<Unauthorized>(),
+            Some(Unauthorized::RateLimited)
+        ));
     }
-    assert_eq!(s.fake.stats().token_requests, 2, "no token-endpoint storm");
-    assert_eq!(s.cache.stats().replays, 1);
+    let fake = s.fake.stats();
+    assert_eq!(fake.token_requests, 2, "no token-endpoint storm");
+    assert_eq!(fake.api_forced_401, 2 + 50, "each sent once, none replayed");
 
-    // After the minimum interval, one more forced refresh is allowed.
-    tokio::time::advance(docplanner_auth::cache::DEFAULT_FORCED_REFRESH_INTERVAL).await;
+    // After the first rejection backoff (1 s), one more forced refresh, one more replay.
+    tokio::time::advance(docplanner_auth::cache::DEFAULT_REJECTION_BACKOFF_BASE).await;
     assert_eq!(status(s.get().await).await, StatusCode::UNAUTHORIZED);
     assert_eq!(s.fake.stats().token_requests, 3);
+    assert_eq!(s.fake.stats().api_forced_401, 52 + 2);
 
     // And when the API heals, the current token works.
     s.fake.set_api_always_401(false);
     assert_eq!(status(s.get().await).await, StatusCode::OK);
     assert_eq!(s.fake.stats().token_requests, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_the_rejection_limit_off_an_api_that_rejects_everything_still_never_loops() {
+    let s = in_process_with(FakeDocplanner::builder().in_process(), |b| {
+        b.rejection_backoff(Duration::ZERO, Duration::ZERO)
+    });
+    assert_eq!(status(s.get().await).await, StatusCode::OK);
+    s.fake.set_api_always_401(true);
+    for _ in 0..50 {
+        assert_eq!(status(s.get().await).await, StatusCode::UNAUTHORIZED);
+    }
+    // Let the refresh that the last replay's 401 started in the background finish.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let fake = s.fake.stats();
+    // Each request: sent once, replayed once with a new token; never more.
+    assert_eq!(
+        fake.api_forced_401,
+        50 * 2,
+        "exactly one replay per request"
+    );
+    assert_eq!(s.cache.stats().replays, 50);
+    // The initial token; the first request's 401 forces one refresh; then each replay's
+    // 401 forces the refresh that the next request's replay waits for: one per request.
+    assert_eq!(fake.token_requests, 1 + 1 + 50);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_keeps_a_working_token_while_the_token_endpoint_is_down() {
+    let s = in_process_with(FakeDocplanner::builder().in_process(), |b| {
+        let mut backoff = Backoff::default();
+        backoff.jitter = 0.0;
+        b.backoff(backoff)
+    });
+    assert_eq!(status(s.get().await).await, StatusCode::OK);
+    s.fake.fail_all_token_requests(TokenFault::Status {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        retry_after: None,
+    });
+    // One spurious 401 (the API rejects this request for its own reasons).
+    s.fake.set_api_always_401(true);
+    let response = s.get().await.unwrap();
+    s.fake.set_api_always_401(false);
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let why = response.extensions().get::<Unauthorized>().unwrap();
+    let error = why
+        .refresh_error()
+        .expect("the refresh error travels with the 401");
+    assert!(error.is_transient() && error.status() == Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(s.cache.status().state, TokenState::Suspect);
+
+    // The old token still works: two minutes of requests all succeed with it.
+    for _ in 0..120 {
+        assert_eq!(status(s.get().await).await, StatusCode::OK);
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    let fake = s.fake.stats();
+    assert_eq!(fake.api_ok, 1 + 120);
+    assert_eq!(fake.sent_without_valid_token(), 0);
+    // Meanwhile its replacement is retried on the backoff schedule (1, 2, 4, 8, 16, 30, 30 s
+    // after each failure), not per request: the initial token, the refresh after the 401,
+    // then retries at 1, 3, 7, 15, 31, 61 and 91 s.
+    assert_eq!(fake.token_requests, 1 + 1 + 7);
+
+    // The endpoint heals: the next retry replaces the suspect token.
+    s.fake.clear_token_faults();
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(status(s.get().await).await, StatusCode::OK);
+    tokio::task::yield_now().await;
+    assert_eq!(s.fake.stats().tokens_issued, 2);
+    assert_eq!(s.cache.status().state, TokenState::Fresh);
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_revocations_a_second_apart_are_both_healed() {
+    let s = in_process();
+    assert_eq!(status(s.get().await).await, StatusCode::OK);
+    s.fake.revoke_all_tokens();
+    assert_eq!(
+        status(s.get().await).await,
+        StatusCode::OK,
+        "first revocation healed"
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    s.fake.revoke_all_tokens();
+    assert_eq!(
+        status(s.get().await).await,
+        StatusCode::OK,
+        "second revocation healed"
+    );
+    let fake = s.fake.stats();
+    assert_eq!(fake.token_requests, 3);
+    assert_eq!(fake.api_revoked_token, 2);
+    assert_eq!(fake.api_ok, 3);
 }
 
 #[tokio::test(start_paused = true)]
@@ -145,12 +248,19 @@ async fn a_body_over_the_limit_gets_its_401_and_the_next_request_a_new_token() {
     let response = client.clone().oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(s.cache.stats().replays, 0);
+    assert!(matches!(
+        response.extensions().get::<Unauthorized>(),
+        Some(Unauthorized::NotReplayable)
+    ));
     assert_eq!(
         s.cache.stats().invalidations,
         1,
-        "the rejected token was dropped"
+        "the rejected token is suspect, its replacement under way"
     );
 
+    // The refresh the 401 started runs in the background; once it is done, the next
+    // request carries the new token.
+    tokio::time::sleep(Duration::from_millis(10)).await;
     let request = Request::post(s.booking())
         .body(Full::new(booking_json()))
         .unwrap();
@@ -174,8 +284,14 @@ async fn the_token_endpoint_failing_after_a_401_returns_the_401() {
             retry_after: None,
         },
     );
-    assert_eq!(status(s.get().await).await, StatusCode::UNAUTHORIZED);
+    let response = s.get().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let why = response.extensions().get::<Unauthorized>().unwrap();
+    assert!(why
+        .refresh_error()
+        .is_some_and(|e| e.status() == Some(StatusCode::BAD_GATEWAY)));
     assert_eq!(s.cache.stats().replays, 0);
+    assert_eq!(s.fake.stats().api_revoked_token, 1);
 }
 
 /// One more check that the layer does nothing odd with a fresh fake per test.

@@ -8,9 +8,10 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
+use docplanner_auth::cache::TokenState;
 use docplanner_auth::reqwest::BearerAuthMiddleware;
-use docplanner_auth::testing::FakeDocplanner;
-use docplanner_auth::{BearerAuth, ReplayBody, TokenCache};
+use docplanner_auth::testing::{FakeDocplanner, TokenFault};
+use docplanner_auth::{BearerAuth, ReplayBody, TokenCache, Unauthorized};
 use futures_util::future::join_all;
 use http_body::Frame;
 use http_body_util::{Full, StreamBody};
@@ -192,7 +193,7 @@ async fn the_same_token_handed_out_again_returns_the_401() {
 }
 
 #[tokio::test]
-async fn a_streamed_body_is_not_replayed_but_its_token_is_dropped() {
+async fn a_streamed_body_is_not_replayed_but_its_token_is_replaced() {
     let s = setup().await;
     assert_eq!(s.get().await, StatusCode::OK);
     s.fake.revoke_all_tokens();
@@ -207,19 +208,19 @@ async fn a_streamed_body_is_not_replayed_but_its_token_is_dropped() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(matches!(
+        response.extensions().get::<Unauthorized>(),
+        Some(Unauthorized::NotReplayable)
+    ));
     assert_eq!(s.cache.stats().replays, 0);
     assert_eq!(
         s.cache.stats().invalidations,
         1,
-        "the revoked token dropped"
-    );
-    assert_eq!(
-        s.fake.stats().token_requests,
-        1,
-        "no wait for a token that could not be used"
+        "the revoked token is suspect"
     );
 
-    // The next request fetches a new token and goes through.
+    // Its replacement was started at once, in the background.
+    wait_until_fresh(&s.cache).await;
     let response = s
         .client
         .post(s.booking())
@@ -233,6 +234,96 @@ async fn a_streamed_body_is_not_replayed_but_its_token_is_dropped() {
     assert_eq!(fake.api_revoked_token, 1);
     assert_eq!(fake.bookings, 1);
     assert_eq!(s.cache.stats().replays, 0);
+}
+
+/// Wait (at most 5 s) until the cache holds a fresh token.
+async fn wait_until_fresh(cache: &TokenCache) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while cache.status().state != TokenState::Fresh {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("a fresh token within 5 s");
+}
+
+#[tokio::test]
+async fn a_failed_refresh_after_a_401_travels_with_the_401_and_the_token_stays() {
+    let s = setup().await;
+    assert_eq!(s.get().await, StatusCode::OK);
+    s.fake.fail_all_token_requests(TokenFault::Status {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        retry_after: None,
+    });
+    s.fake.set_api_always_401(true);
+    let response = s.client.get(s.facilities()).send().await.unwrap();
+    s.fake.set_api_always_401(false);
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let why = response.extensions().get::<Unauthorized>().unwrap();
+    let error = why
+        .refresh_error()
+        .expect("the refresh error travels with the 401");
+    assert_eq!(error.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    // The API still accepts the suspect token: requests keep succeeding with it.
+    for _ in 0..20 {
+        assert_eq!(s.get().await, StatusCode::OK);
+    }
+    let fake = s.fake.stats();
+    assert_eq!(fake.api_ok, 1 + 20);
+    assert_eq!(fake.tokens_issued, 1);
+}
+
+#[tokio::test]
+async fn two_revocations_in_a_row_are_both_healed() {
+    let s = setup().await;
+    assert_eq!(s.get().await, StatusCode::OK);
+    s.fake.revoke_all_tokens();
+    assert_eq!(s.get().await, StatusCode::OK);
+    s.fake.revoke_all_tokens();
+    assert_eq!(s.get().await, StatusCode::OK);
+    let fake = s.fake.stats();
+    assert_eq!(
+        (fake.token_requests, fake.api_revoked_token, fake.api_ok),
+        (3, 2, 3)
+    );
+}
+
+#[tokio::test]
+async fn with_the_rejection_limit_off_an_api_that_rejects_everything_never_loops() {
+    let fake = FakeDocplanner::builder().start().await.unwrap();
+    let cache = fake
+        .cache_builder()
+        .unwrap()
+        .rejection_backoff(Duration::ZERO, Duration::ZERO)
+        .build();
+    let middleware = BearerAuthMiddleware::new(cache.clone(), &fake.api_base()).unwrap();
+    let client = client_with(&fake, middleware);
+    let url = format!("{}/facilities", fake.api_base());
+    assert_eq!(
+        client.get(&url).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    fake.set_api_always_401(true);
+    for _ in 0..20 {
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert!(matches!(
+            response.extensions().get::<Unauthorized>(),
+            Some(Unauthorized::RejectedAfterReplay)
+        ));
+    }
+    // The last replay's 401 started one more refresh in the background: let it land.
+    wait_until_fresh(&cache).await;
+    let stats = fake.stats();
+    assert_eq!(
+        stats.api_forced_401,
+        20 * 2,
+        "exactly one replay per request"
+    );
+    assert_eq!(cache.stats().replays, 20);
+    // The first token, the first request's forced refresh, then one per replay's 401
+    // (each is the token the next request's replay waits for): one per request.
+    assert_eq!(stats.token_requests, 1 + 1 + 20, "{stats:?}");
 }
 
 #[tokio::test]

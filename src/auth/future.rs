@@ -1,19 +1,25 @@
-//! [`ResponseFuture`]: the state machine behind one authenticated request.
+//! [`ResponseFuture`]: the state machine behind one authenticated request. It decides
+//! nothing about 401s itself: it asks the request's [`Reauth`] (the 401 policy, shared with
+//! the reqwest middleware) and does what it says.
 //!
 //! ```text
-//!            token cached? ──no──► Token (wait for the single refresh)
-//!                 │ yes                   │
-//!                 ▼                       ▼
-//!              Called ◄───────────────────┘
-//!                 │ 401, token still current, body replayable
-//!                 ▼
-//!              Refresh (invalidate by CAS, wait for the new token)
-//!                 │ a different token
-//!                 ▼
-//!              Ready (poll_ready the inner service again)
-//!                 ▼
-//!              Replayed ──► whatever it answers, 401 included: never loops
+//!   Refused ──► the error            Token (no usable token: wait for the single refresh)
+//!                                      │
+//!                                      ▼
+//!   (a usable token) ───────────────► First (the request is in flight)
+//!                                      │ 401, and the policy says replay
+//!                                      ▼
+//!                                    Replacement (wait for a token other than the one used)
+//!                                      │ a new token
+//!                                      ▼
+//!                                    Ready (poll_ready the inner service again)
+//!                                      ▼
+//!                                    Replayed ──► whatever it answers: never loops
 //! ```
+//!
+//! Each state holds what it needs and nothing else. A value that the next state takes
+//! over sits in an `Option` inside its state only so that it can be moved out; finding it
+//! gone means the future was polled after it completed, which is answered with an error.
 
 use std::fmt;
 use std::future::Future;
@@ -29,7 +35,7 @@ use tower_service::Service;
 use super::body::{Replay, ReplayBody};
 use super::head::Head;
 use super::layer::Config;
-use crate::cache::{CacheHandle, Rejection};
+use crate::cache::{Reauth, Replacement, Unauthorized};
 use crate::error::{BoxError, Error, Kind};
 use crate::token::AccessToken;
 
@@ -44,81 +50,86 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future, B, S::Response>,
-        attempt: Option<Attempt<S, B>>,
+        // The inner service that was polled ready for this request.
+        inner: S,
+        // The 401 policy for this request.
+        reauth: Reauth,
+        replay_limit: usize,
+        // The head and the recorded body, kept for one replay; `None` once the request was
+        // sent with a body that cannot be replayed.
+        replay: Option<(Head, Replay)>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
     enum State<F, B, R> {
+        // Refused before sending: this error is the answer.
         Refused { error: Option<Error> },
-        // Slow paths keep their request (and the 401 answer) boxed, so that the hot path's
-        // future stays small (it is moved a few times per request).
-        Token { token: TokenFuture, request: Option<Box<Request<B>>> },
-        Called { #[pin] future: F },
-        Refresh { token: TokenFuture, rejected: Option<Box<R>> },
-        Ready { request: Option<Box<Request<ReplayBody<B>>>> },
+        // No usable token: waiting for the single refresh before the first send.
+        Token { token: TokenFuture, request: Option<Request<B>> },
+        // The request is in flight.
+        First { #[pin] future: F },
+        // A 401 came back: waiting for a token other than the one the request carried, with
+        // the 401 (handed back if there is none) and the request to send again.
+        Replacement { token: Replacement, waiting: Option<(R, Request<ReplayBody<B>>)> },
+        // A new token is on the request: waiting for the inner service to be ready.
+        Ready { request: Option<Request<ReplayBody<B>>> },
+        // The request is in flight once more: its answer is the answer.
         Replayed { #[pin] future: F },
     }
 }
 
-/// Everything needed to send the request, and to send it again once.
-struct Attempt<S, B> {
-    /// The inner service that was polled ready for this request.
-    inner: S,
-    cache: CacheHandle,
-    replay_limit: usize,
-    /// The id of the token the request was sent with.
-    used: u64,
-    /// The head and the recorded body, for one replay.
-    replay: Option<(Head, Replay)>,
-    _body: std::marker::PhantomData<fn(B)>,
+/// The request once more, if its head parses back and its body was recorded whole
+/// (without a token yet).
+fn again<B>(head: Head, replay: &Replay) -> Option<Request<ReplayBody<B>>> {
+    let body = replay.body()?;
+    Some(Request::from_parts(head.into_parts()?, body))
 }
 
 impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<ReplayBody<B>>>,
 {
-    pub(crate) fn refused(error: Error) -> Self {
+    /// The future of a request refused before sending.
+    pub(crate) fn refused(inner: S, config: &Config, error: Error) -> Self {
         Self {
             state: State::Refused { error: Some(error) },
-            attempt: None,
+            inner,
+            reauth: config.cache.reauth(0),
+            replay_limit: config.replay_limit,
+            replay: None,
         }
     }
 
+    /// The future of `request`, sent right away when a usable token is cached.
     #[inline]
     pub(crate) fn new(mut inner: S, config: &Config, request: Request<B>) -> Self
     where
         B: Body,
     {
-        // This thread's handle on the cache, for a 401 (see `CacheHandle`).
-        let cache = config.cache.handle();
-        // The hot path: a usable token is one lock-free load away. The future is built
-        // once, in its final shape, with the inner future already in it.
+        // The hot path: a usable token is one lock-free load away.
         let (state, used, replay) = match config.cache.header() {
             Some((header, id)) => {
                 let (future, replay) = send(&mut inner, request, header, config.replay_limit);
-                (State::Called { future }, id, replay)
+                (State::First { future }, id, replay)
             }
-            None => (
-                State::Token {
-                    token: token_future(&cache),
-                    request: Some(Box::new(request)),
-                },
-                0,
-                None,
-            ),
+            None => {
+                let cache = config.cache.clone();
+                let token: TokenFuture = Box::pin(async move { cache.token().await });
+                let state = State::Token {
+                    token,
+                    request: Some(request),
+                };
+                (state, 0, None)
+            }
         };
         Self {
             state,
-            attempt: Some(Attempt {
-                inner,
-                cache,
-                replay_limit: config.replay_limit,
-                used,
-                replay,
-                _body: std::marker::PhantomData,
-            }),
+            inner,
+            reauth: config.cache.reauth(used),
+            replay_limit: config.replay_limit,
+            replay,
         }
     }
 }
@@ -153,37 +164,15 @@ where
     (inner.call(Request::from_parts(parts, body)), replay)
 }
 
-fn token_future(cache: &CacheHandle) -> TokenFuture {
-    let cache = cache.clone();
-    Box::pin(async move { cache.token().await })
-}
-
+/// The future was polled after it completed.
 fn gone() -> BoxError {
     Error::new(Kind::Config, "ResponseFuture polled after it completed").into()
 }
 
-impl<S, B> Attempt<S, B>
-where
-    S: Service<Request<ReplayBody<B>>>,
-{
-    /// Whether the request can be sent again: its head is kept and its body recorded whole.
-    fn can_replay(&self) -> bool {
-        self.replay
-            .as_ref()
-            .is_some_and(|(_, replay)| replay.is_complete())
-    }
-
-    /// The request once more, with `token`, if its body was recorded whole.
-    fn replay_with(&mut self, token: &AccessToken) -> Option<Request<ReplayBody<B>>> {
-        let (head, replay) = self.replay.take()?;
-        let body = replay.body()?;
-        let mut parts = head.into_parts()?;
-        parts
-            .headers
-            .insert(AUTHORIZATION, token.header_value().clone());
-        self.used = token.id();
-        Some(Request::from_parts(parts, body))
-    }
+/// `response` (a 401) with the reason it is handed back in its extensions.
+fn unauthorized<RB>(mut response: Response<RB>, why: Unauthorized) -> Response<RB> {
+    response.extensions_mut().insert(why);
+    response
 }
 
 impl<S, B, RB> Future for ResponseFuture<S, B>
@@ -197,74 +186,68 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            let Some(attempt) = this.attempt.as_mut() else {
-                let error = match this.state.as_mut().project() {
-                    StateProj::Refused { error } => error.take().map(BoxError::from),
-                    _ => None,
-                };
-                return Poll::Ready(Err(error.unwrap_or_else(gone)));
-            };
             match this.state.as_mut().project() {
-                StateProj::Refused { .. } => return Poll::Ready(Err(gone())),
+                StateProj::Refused { error } => {
+                    return Poll::Ready(Err(error.take().map_or_else(gone, BoxError::from)));
+                }
                 StateProj::Token { token, request } => {
                     let token = ready!(token.as_mut().poll(cx))?;
                     let request = request.take().ok_or_else(gone)?;
                     let header = token.header_value().clone();
-                    let (future, replay) =
-                        send(&mut attempt.inner, *request, header, attempt.replay_limit);
-                    attempt.used = token.id();
-                    attempt.replay = replay;
-                    this.state.set(State::Called { future });
+                    let (future, replay) = send(this.inner, request, header, *this.replay_limit);
+                    this.reauth.sent(&token);
+                    *this.replay = replay;
+                    this.state.set(State::First { future });
                 }
-                StateProj::Called { future } => {
+                StateProj::First { future } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
                     if response.status() != StatusCode::UNAUTHORIZED {
+                        this.reauth.accepted();
                         return Poll::Ready(Ok(response));
                     }
-                    let rejection = attempt.cache.reject(attempt.used);
-                    // Only wait for a new token if the request can be sent again with it.
-                    if rejection == Rejection::RateLimited || !attempt.can_replay() {
-                        return Poll::Ready(Ok(response));
+                    let again = this
+                        .replay
+                        .take()
+                        .and_then(|(head, body)| again(head, &body));
+                    match this.reauth.rejected(again.is_some()) {
+                        Ok(token) => this.state.set(State::Replacement {
+                            token,
+                            waiting: again.map(|request| (response, request)),
+                        }),
+                        Err(why) => return Poll::Ready(Ok(unauthorized(response, why))),
                     }
-                    this.state.set(State::Refresh {
-                        token: token_future(&attempt.cache),
-                        rejected: Some(Box::new(response)),
-                    });
                 }
-                StateProj::Refresh { token, rejected } => {
+                StateProj::Replacement { token, waiting } => {
                     let result = ready!(token.as_mut().poll(cx));
-                    let rejected = rejected.take().ok_or_else(gone)?;
-                    let request = match result {
-                        Ok(token) if token.id() != attempt.used => attempt.replay_with(&token),
-                        Ok(_) => None, // the endpoint handed out the rejected token again
-                        Err(error) => {
-                            tracing::warn!(%error, "no new token after a 401; returning the 401");
-                            None
-                        }
-                    };
-                    let Some(request) = request else {
-                        return Poll::Ready(Ok(*rejected));
+                    let (rejected, mut request) = waiting.take().ok_or_else(gone)?;
+                    let token = match result {
+                        Ok(token) => token,
+                        Err(why) => return Poll::Ready(Ok(unauthorized(rejected, why))),
                     };
                     // The 401 is not needed any more: drop it (and its body) before the replay.
                     drop(rejected);
+                    request
+                        .headers_mut()
+                        .insert(AUTHORIZATION, token.header_value().clone());
+                    this.reauth.replaying(&token);
                     this.state.set(State::Ready {
-                        request: Some(Box::new(request)),
+                        request: Some(request),
                     });
                 }
                 StateProj::Ready { request } => {
-                    ready!(attempt.inner.poll_ready(cx)).map_err(Into::into)?;
+                    ready!(this.inner.poll_ready(cx)).map_err(Into::into)?;
                     let request = request.take().ok_or_else(gone)?;
-                    attempt.cache.count_replay();
-                    let future = attempt.inner.call(*request);
+                    let future = this.inner.call(request);
                     this.state.set(State::Replayed { future });
                 }
                 StateProj::Replayed { future } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if response.status() == StatusCode::UNAUTHORIZED {
-                        // Rejected twice: drop that token too (rate-limited), never loop.
-                        attempt.cache.reject(attempt.used);
+                    if response.status() != StatusCode::UNAUTHORIZED {
+                        this.reauth.accepted();
+                        return Poll::Ready(Ok(response));
                     }
-                    return Poll::Ready(Ok(response));
+                    let why = this.reauth.rejected_again();
+                    return Poll::Ready(Ok(unauthorized(response, why)));
                 }
             }
         }
@@ -279,8 +262,8 @@ where
         let state = match &self.state {
             State::Refused { .. } => "refused",
             State::Token { .. } => "waiting for a token",
-            State::Called { .. } => "called",
-            State::Refresh { .. } => "waiting for a new token after a 401",
+            State::First { .. } => "sent",
+            State::Replacement { .. } => "waiting for a new token after a 401",
             State::Ready { .. } => "waiting to replay",
             State::Replayed { .. } => "replayed",
         };

@@ -1,53 +1,22 @@
 //! [`Head`]: the request head a response future keeps for one replay after a 401.
 //!
-//! Most requests are never replayed, so the head is recorded as cheaply as possible: the
-//! URI and the headers are copied as bytes into a buffer reused per thread, instead of
-//! cloned. A clone would touch a reference count per URI part and per header value (an
-//! atomic read-modify-write each, twice counting the drop) and allocate the header map's
-//! tables; the copy is a few `memcpy`s into memory that is already there. The rare replay
-//! parses the bytes back into a URI and a header map (the values were valid, so they are
-//! again).
+//! Every request whose body can be replayed keeps its head, and most are never replayed,
+//! so the head is recorded in one allocation: the URI and the headers are copied as bytes
+//! into one buffer sized up front. A `Parts` clone would cost a header map (two
+//! allocations) plus one more for each header name or value the caller built from a
+//! string (cloning such `Bytes` the first time allocates their shared form): 8 allocations
+//! for a POST with three headers where this costs 1 (`benches/allocations.rs`, the
+//! "≤ AddAuthorization + 2" target in BENCHMARKS.md). The rare replay parses the bytes back
+//! (the values were valid, so they are again). The buffer belongs to this one request: it
+//! is wiped and freed with it, never pooled, since headers may carry the caller's cookies
+//! or API keys.
 
-use std::cell::RefCell;
 use std::fmt;
 
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use http::request::Parts;
 use http::{Extensions, HeaderMap, Method, Request, Uri, Version};
-
-/// Buffers kept per thread for reuse: enough for the requests one thread has in flight
-/// at once in a busy client; more are allocated and freed as usual.
-const POOLED_BUFFERS: usize = 32;
-/// A buffer larger than this (a head with unusually large headers) is freed, not kept.
-const MAX_POOLED_CAPACITY: usize = 4 * 1024;
-/// The first capacity of a buffer: a URL and a few headers.
-const INITIAL_CAPACITY: usize = 512;
-
-thread_local! {
-    static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-}
-
-fn take_buffer() -> Vec<u8> {
-    BUFFERS
-        .try_with(|buffers| buffers.try_borrow_mut().ok().and_then(|mut b| b.pop()))
-        .ok()
-        .flatten()
-        .unwrap_or_default()
-}
-
-fn give_back(mut buffer: Vec<u8>) {
-    if buffer.capacity() == 0 || buffer.capacity() > MAX_POOLED_CAPACITY {
-        return;
-    }
-    buffer.clear();
-    let _ = BUFFERS.try_with(|buffers| {
-        if let Ok(mut buffers) = buffers.try_borrow_mut() {
-            if buffers.len() < POOLED_BUFFERS {
-                buffers.push(buffer);
-            }
-        }
-    });
-}
+use zeroize::Zeroize;
 
 /// The head of a request, kept to send it again.
 pub(crate) struct Head {
@@ -65,10 +34,12 @@ impl Head {
     /// Record the head of a request (before our `Authorization` header is added).
     #[inline]
     pub(crate) fn record(parts: &Parts) -> Self {
-        let mut bytes = take_buffer();
-        if bytes.capacity() == 0 {
-            bytes.reserve(INITIAL_CAPACITY);
-        }
+        let headers: usize = parts
+            .headers
+            .iter()
+            .map(|(name, value)| HEADER_PREFIX + name.as_str().len() + value.len())
+            .sum();
+        let mut bytes = Vec::with_capacity(uri_len(&parts.uri) + headers);
         write_uri(&mut bytes, &parts.uri);
         let uri_len = bytes.len();
         for (name, value) in &parts.headers {
@@ -113,7 +84,7 @@ impl Head {
 
 impl Drop for Head {
     fn drop(&mut self) {
-        give_back(std::mem::take(&mut self.bytes));
+        self.bytes.zeroize();
     }
 }
 
@@ -125,6 +96,17 @@ impl fmt::Debug for Head {
             .field("bytes", &self.bytes.len())
             .finish_non_exhaustive()
     }
+}
+
+/// The bytes before each recorded header's name: two lengths and the sensitive flag.
+const HEADER_PREFIX: usize = 9;
+
+/// How many bytes `write_uri` writes for `uri`.
+fn uri_len(uri: &Uri) -> usize {
+    uri.scheme().map_or(0, |s| s.as_str().len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path().len()
+        + uri.query().map_or(0, |q| q.len() + 1)
 }
 
 /// The URI as `Uri`'s `Display` writes it, which parses back to an equal `Uri`.
@@ -255,14 +237,15 @@ mod tests {
     }
 
     #[test]
-    fn buffers_are_reused() {
-        let request = parts(Request::get("https://h/p").body(()).unwrap());
-        drop(Head::record(&request));
-        let pooled = BUFFERS.with(|b| b.borrow().len());
-        assert!(pooled >= 1);
+    fn one_allocation_sized_up_front() {
+        let request = parts(
+            Request::post("https://h:8443/p?q=1")
+                .header("content-type", "application/json")
+                .header("x-request-id", "abc")
+                .body(())
+                .unwrap(),
+        );
         let head = Head::record(&request);
-        assert_eq!(BUFFERS.with(|b| b.borrow().len()), pooled - 1);
-        drop(head);
-        assert_eq!(BUFFERS.with(|b| b.borrow().len()), pooled);
+        assert_eq!(head.bytes.len(), head.bytes.capacity(), "no reallocation");
     }
 }

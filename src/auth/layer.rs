@@ -65,10 +65,9 @@ impl BearerAuthLayer {
     /// The largest request body kept for a replay after a 401 (default
     /// [`DEFAULT_REPLAY_LIMIT`], 64 KiB). `0` replays only empty bodies.
     ///
-    /// Keeping a request for a replay allocates nothing once a thread has sent a few: its
-    /// head (URI and headers) is copied into a buffer, and its body's chunks listed in a
-    /// tape, that each thread reuses (at most 32 of each per thread, buffers of at most
-    /// 4 KiB; larger or surplus ones are freed as usual).
+    /// A request kept for a replay costs a clone of its head (method, URI, headers,
+    /// extensions) and a list of its body's chunks (shared `Bytes`, not copied), both
+    /// dropped with the response future.
     pub fn replay_limit(mut self, bytes: usize) -> Self {
         Arc::make_mut(&mut self.config).replay_limit = bytes;
         self

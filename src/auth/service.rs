@@ -64,13 +64,13 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        if let Err(error) = self.config.scope.check_uri(request.uri()) {
-            self.config.cache.count_refused(&error);
-            return ResponseFuture::refused(error);
-        }
         // Use the service that was polled ready; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
+        if let Err(error) = self.config.scope.check_uri(request.uri()) {
+            self.config.cache.count_refused(&error);
+            return ResponseFuture::refused(inner, &self.config, error);
+        }
         ResponseFuture::new(inner, &self.config, request)
     }
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::observe::Observer;
-use super::{Freshness, Shared};
 use crate::error::{BoxError, Error, Kind};
 use crate::store::{SharedToken, StoreKey, TokenStore};
 use crate::token::AccessToken;
@@ -149,105 +148,83 @@ impl Fleet {
     }
 }
 
-impl Shared {
-    /// A new token: from the store if a replica has one, else fetched (by us, holding the
-    /// store's lock, or alone if the store fails).
-    pub(super) async fn obtain(&self, known: Known) -> Result<AccessToken, Error> {
-        let Some(fleet) = &self.fleet else {
-            return self.fetch().await;
+impl Fleet {
+    /// A new token: from the store if a replica has one, else fetched with `fetch` (by us,
+    /// holding the store's lock, or alone if the store fails). `usable` says whether a
+    /// stored token may still be sent.
+    pub(super) async fn obtain<F: Future<Output = Result<AccessToken, Error>>>(
+        &self,
+        observer: &Observer,
+        known: Known,
+        fetch: impl Fn() -> F,
+        usable: impl Fn(&AccessToken) -> bool,
+    ) -> Result<AccessToken, Error> {
+        let key = self.key.as_str();
+        // A stored token that is new to us and usable now, counted as adopted.
+        let adoptable = |stored: &SharedToken| {
+            if known.contains(stored) {
+                return None;
+            }
+            let token = stored.to_token().ok().filter(&usable)?;
+            observer.adopted();
+            Some(token)
         };
-        let key = fleet.key.as_str();
-        let observer = &self.observer;
-        match fleet.load(observer).await {
-            Err(()) => return self.fetch().await,
+        match self.load(observer).await {
+            Err(()) => return fetch().await,
             Ok(Some(stored)) if known.is_rejected(&stored) => {
                 // Drop it fleet-wide, unless another replica replaced it meanwhile.
-                let invalidate = fleet.store.invalidate(key, &stored);
-                let _ = fleet
+                let invalidate = self.store.invalidate(key, &stored);
+                let _ = self
                     .call(observer, "invalidate the token", invalidate)
                     .await;
             }
             Ok(Some(stored)) => {
-                if let Some(token) = self.adoptable(&stored, &known) {
+                if let Some(token) = adoptable(&stored) {
                     return Ok(token);
                 }
             }
             Ok(None) => {}
         }
-        let give_up = Instant::now() + fleet.lock_ttl;
+        let give_up = Instant::now() + self.lock_ttl;
         let mut pause = FIRST_STORE_POLL;
         loop {
-            let lock = fleet.store.try_lock(key, &fleet.owner, fleet.lock_ttl);
-            match fleet.call(observer, "take the refresh lock", lock).await {
-                Err(()) => return self.fetch().await,
+            let lock = self.store.try_lock(key, &self.owner, self.lock_ttl);
+            match self.call(observer, "take the refresh lock", lock).await {
+                Err(()) => return fetch().await,
                 Ok(true) => {
                     // The replica that held the lock may have published just before we
                     // took it: look once more before fetching.
-                    let published = fleet.load(observer).await.ok().flatten();
-                    if let Some(token) = published.and_then(|s| self.adoptable(&s, &known)) {
-                        fleet.release(observer).await;
+                    let published = self.load(observer).await.ok().flatten();
+                    if let Some(token) = published.and_then(|s| adoptable(&s)) {
+                        self.release(observer).await;
                         return Ok(token);
                     }
-                    let result = self.fetch().await;
+                    let result = fetch().await;
                     if let Ok(token) = &result {
                         let shared = SharedToken::from_token(token);
-                        let publish = fleet.store.publish(key, &shared);
-                        let _ = fleet.call(observer, "publish the token", publish).await;
+                        let publish = self.store.publish(key, &shared);
+                        let _ = self.call(observer, "publish the token", publish).await;
                     }
-                    fleet.release(observer).await;
+                    self.release(observer).await;
                     return result;
                 }
                 Ok(false) => {}
             }
             if Instant::now() >= give_up {
                 tracing::warn!("no token from the replica refreshing it; fetching alone");
-                return self.fetch().await;
+                return fetch().await;
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_STORE_POLL);
-            match fleet.load(observer).await {
-                Err(()) => return self.fetch().await,
+            match self.load(observer).await {
+                Err(()) => return fetch().await,
                 Ok(Some(stored)) => {
-                    if let Some(token) = self.adoptable(&stored, &known) {
+                    if let Some(token) = adoptable(&stored) {
                         return Ok(token);
                     }
                 }
                 Ok(None) => {}
             }
-        }
-    }
-
-    /// A stored token that is new to us and usable now, counted as adopted.
-    fn adoptable(&self, stored: &SharedToken, known: &Known) -> Option<AccessToken> {
-        if known.contains(stored) {
-            return None;
-        }
-        let token = stored.to_token().ok()?;
-        let schedule = self
-            .config
-            .policy
-            .schedule(token.obtained(), token.expires_at(), 0.0);
-        if schedule.freshness(Instant::now()) == Freshness::Expired {
-            return None;
-        }
-        self.observer.adopted();
-        Some(token)
-    }
-
-    /// One request to the token source, with the request timeout.
-    pub(super) async fn fetch(&self) -> Result<AccessToken, Error> {
-        self.observer.fetching();
-        let timeout = self.config.request_timeout;
-        match tokio::time::timeout(timeout, self.source.fetch()).await {
-            Ok(Ok(token)) => Ok(token),
-            Ok(Err(error)) => Err(Error::from_source(error)),
-            Err(_) => Err(Error::new(
-                Kind::Timeout,
-                format!(
-                    "the token request took longer than {timeout:?} and was abandoned; \
-                     it will be retried with backoff (tune it with token_request_timeout)"
-                ),
-            )),
         }
     }
 }

@@ -1,61 +1,85 @@
-//! Single flight: at most one token request at a time per cache, run in a task of its
-//! own, whose outcome every waiter shares; plus the backoff after failures.
+//! [`Flight`]: the single flight. At most one token request runs at a time (per Tokio
+//! runtime, see below), in a task of its own whose outcome every waiting caller shares;
+//! failures set the backoff before the next one may start.
+//!
+//! # Why one refresh per runtime
+//!
+//! A refresh runs in a task spawned on the runtime of the caller that started it, so that
+//! dropping callers, even all of them, cancels nothing: the token arrives and is kept. A
+//! caller joins only a refresh of its own runtime: if that runtime is driven, so is the
+//! refresh; if it is not, the caller is not being polled either. A caller on another
+//! runtime starts that runtime's own refresh instead of waiting on one that may sit on a
+//! runtime nobody drives any more (a `current_thread` runtime outside `block_on`), so no
+//! caller ever needs a timer to give up on someone else's refresh, and nothing has to ask
+//! whether a runtime has one. An application with several runtimes may therefore make
+//! one token request per runtime at once; one with a single runtime (nearly all of them)
+//! makes exactly one.
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, TryLockError};
+use std::fmt;
 use std::time::Duration;
 
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::Instrument as _;
 
-use super::fleet::Known;
-use super::{Entry, Freshness, Shared, Trigger};
 use crate::error::{Error, Kind};
 use crate::token::AccessToken;
 
-/// The outcome of one refresh, shared by every waiter.
-type Outcome = Option<Result<AccessToken, Error>>;
+/// What every caller of one refresh gets: the new token or the failure, shared.
+pub(super) type Outcome = Result<AccessToken, Error>;
 
-/// How long past its own timeout a refresh may run before it is presumed stuck (its task
-/// sits on a runtime nobody drives): the token request timeout once more, at most 5 s.
-/// Waiters then give up on it with an error, and the next caller starts another refresh
-/// on its own runtime.
-pub const STUCK_REFRESH_GRACE: Duration = Duration::from_secs(5);
-
-/// The refresh under way.
-#[derive(Debug)]
+/// The refresh of one runtime, as the flight remembers it.
 struct Running {
-    rx: watch::Receiver<Outcome>,
-    generation: u64,
-    /// Past this instant the refresh is presumed stuck.
-    deadline: Instant,
-    /// The runtime its task runs on.
     runtime: tokio::runtime::Id,
+    rx: watch::Receiver<Option<Outcome>>,
+    generation: u64,
+    /// Past this instant it is presumed stuck (its runtime is not being driven): the stale
+    /// path then starts another one.
+    deadline: Instant,
 }
 
 impl Running {
-    fn waiting(&self) -> Next {
-        Next::Wait(Waiting {
-            rx: self.rx.clone(),
-            deadline: self.deadline,
-            runtime: self.runtime,
-        })
+    /// Neither presumed stuck nor gone (its task dropped with a runtime shutting down).
+    fn live(&self, now: Instant) -> bool {
+        now < self.deadline && self.rx.has_changed().is_ok()
     }
 }
 
-/// A caller's part in a refresh: its outcome, and how long to wait for it.
-struct Waiting {
-    rx: watch::Receiver<Outcome>,
-    deadline: Instant,
-    runtime: tokio::runtime::Id,
+/// A caller's share of a refresh.
+pub(super) struct Waiter(watch::Receiver<Option<Outcome>>);
+
+impl Waiter {
+    /// The refresh's outcome, when it has one.
+    pub(super) async fn outcome(mut self) -> Outcome {
+        match self.0.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome.clone().unwrap_or_else(|| Err(aborted())),
+            Err(_closed) => Err(aborted()),
+        }
+    }
 }
 
-/// The slow-path state of a cache, behind its mutex.
-#[derive(Debug, Default)]
+fn aborted() -> Error {
+    Error::new(
+        Kind::RefreshAborted,
+        "the token refresh ended without an answer (its runtime is shutting down, or the \
+         token source panicked); the next request will try again",
+    )
+}
+
+/// The refresh task's end of the channel: it hands the outcome to every waiter.
+pub(super) struct Publish(watch::Sender<Option<Outcome>>);
+
+impl Publish {
+    pub(super) fn send(self, outcome: Outcome) {
+        self.0.send_replace(Some(outcome));
+    }
+}
+
+/// The slow-path state of a cache, behind its mutex: the refreshes under way, and the
+/// failures and backoff of the token endpoint.
+#[derive(Default)]
 pub(super) struct Flight {
-    /// The refresh under way, if any: waiters clone its receiver.
-    running: Option<Running>,
+    running: Vec<Running>,
     /// Incremented by every refresh started: a refresh only ever completes its own.
     generation: u64,
     /// Consecutive failed refreshes.
@@ -64,330 +88,127 @@ pub(super) struct Flight {
     last_error: Option<Error>,
     /// No refresh starts before this instant after a failure.
     retry_at: Option<Instant>,
-    /// When a 401 last forced a refresh.
-    last_forced: Option<Instant>,
-    /// The token a 401 last rejected: if the endpoint hands the same string out again, the
-    /// new token keeps its id, so requests see that nothing changed and do not replay.
-    rejected: Option<AccessToken>,
 }
 
 impl Flight {
-    /// The refresh under way, unless its task is gone (closed channel) or presumed stuck.
-    fn running_at(&self, now: Instant) -> Option<&Running> {
+    /// A share of the refresh of the caller's runtime, if one is under way.
+    pub(super) fn join(&mut self, runtime: &Handle, now: Instant) -> Option<Waiter> {
+        let id = runtime.id();
+        self.running.retain(|r| r.live(now));
         self.running
-            .as_ref()
-            .filter(|r| r.rx.has_changed().is_ok() && now < r.deadline)
+            .iter()
+            .find(|r| r.runtime == id)
+            .map(|r| Waiter(r.rx.clone()))
     }
 
-    /// No refresh is running and the backoff does not forbid starting one.
-    fn may_start(&self, now: Instant) -> bool {
-        self.running_at(now).is_none() && self.retry_at.is_none_or(|at| now >= at)
+    /// Whether a refresh is under way on any runtime (and not presumed stuck).
+    pub(super) fn any_running(&mut self, now: Instant) -> bool {
+        self.running.retain(|r| r.live(now));
+        !self.running.is_empty()
     }
 
-    fn is_current(&self, generation: u64) -> bool {
-        self.running
-            .as_ref()
-            .is_some_and(|r| r.generation == generation)
-    }
-
-    pub(super) fn forced_too_recently(&self, now: Instant, interval: Duration) -> bool {
-        self.last_forced
-            .is_some_and(|last| now.saturating_duration_since(last) < interval)
-    }
-
-    pub(super) fn note_rejected(&mut self, token: AccessToken, now: Instant) {
-        self.last_forced = Some(now);
-        self.rejected = Some(token);
-    }
-}
-
-/// What a caller without a usable token does next.
-enum Next {
-    Ready(AccessToken),
-    Wait(Waiting),
-}
-
-fn aborted(why: &str) -> Error {
-    Error::new(
-        Kind::RefreshAborted,
-        format!("the token refresh {why}; the next request will try again"),
-    )
-}
-
-/// Whether the current Tokio runtime has its time driver. Tokio offers no query for it:
-/// creating a timer without one panics, so ask by creating one (not polled, nothing is
-/// registered) and catching that panic. Only called on the slow path.
-fn runtime_has_timer() -> bool {
-    std::panic::catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO))).is_ok()
-}
-
-impl Shared {
-    /// The slow path: join the refresh in flight, or start one, or fail fast while backing
-    /// off; then wait for its outcome (no longer than until it is presumed stuck).
-    pub(super) async fn wait_for_token(self: &Arc<Self>) -> Result<AccessToken, Error> {
-        let (mut rx, deadline, runtime) = match self.join_or_start()? {
-            Next::Ready(token) => return Ok(token),
-            Next::Wait(waiting) => (waiting.rx, waiting.deadline, waiting.runtime),
-        };
-        // A deadline of our own only helps when the refresh runs on another runtime, which
-        // nobody may be driving. On ours, its own timeout bounds it: if this runtime is
-        // driven, so is the refresh task; if not, a timer of ours would not fire either.
-        // (Skipping the timer matters in a stampede: thousands of waiters, one refresh.)
-        let same_runtime = tokio::runtime::Handle::try_current().is_ok_and(|h| h.id() == runtime);
-        let waited = if !same_runtime && runtime_has_timer() {
-            tokio::time::timeout_at(deadline, rx.wait_for(Option::is_some)).await
-        } else {
-            Ok(rx.wait_for(Option::is_some).await)
-        };
-        let outcome =
-            match waited {
-                Ok(Ok(outcome)) => outcome.clone(),
-                Ok(Err(_closed)) => None,
-                Err(_elapsed) => return Err(aborted(
-                    "did not finish in time (its task may sit on a runtime that is not running)",
-                )),
-            };
-        outcome.unwrap_or_else(|| {
-            Err(aborted(
-                "ended without an answer (the runtime is shutting down, or the token source \
-                 panicked)",
-            ))
-        })
-    }
-
-    fn join_or_start(self: &Arc<Self>) -> Result<Next, Error> {
-        let mut flight = self.lock_flight();
-        let now = Instant::now();
-        // Check again under the lock: a refresh may have finished since our lock-free look.
-        if let Some(entry) = self.current.load().as_deref() {
-            if entry.schedule.freshness(now) != Freshness::Expired {
-                return Ok(Next::Ready(entry.token.clone()));
-            }
-        }
-        if let Some(running) = flight.running_at(now) {
-            return Ok(running.waiting());
-        }
-        if let (Some(retry_at), Some(error)) = (flight.retry_at, &flight.last_error) {
-            if now < retry_at {
-                return Err(error.clone());
-            }
-        }
-        let running = self.start(&mut flight, now, Trigger::Waiting)?;
-        Ok(running.waiting())
-    }
-
-    /// A stale token was served at `now`: make sure one background refresh is under way,
-    /// unless one runs already or the endpoint is backing off. Never waits for a lock.
-    pub(super) fn refresh_in_background(self: &Arc<Self>, now: Instant) {
-        if self.nanos_since_epoch(now) < self.not_before.load(Ordering::Acquire) {
-            return;
-        }
-        let mut flight = match self.flight.try_lock() {
-            Ok(flight) => flight,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return, // someone else is deciding right now
-        };
-        if !flight.may_start(now) {
-            return;
-        }
-        // A refresh may have completed since our look: only refresh a still-stale token.
-        let stale = self
-            .current
-            .load()
-            .as_deref()
-            .is_some_and(|e| e.schedule.freshness(now) == Freshness::Stale);
-        if stale {
-            if let Err(error) = self.start(&mut flight, now, Trigger::Background) {
-                tracing::warn!(%error, "could not start a background token refresh");
-            }
+    /// The last error, while the backoff forbids a new refresh at `now`.
+    pub(super) fn backing_off(&self, now: Instant) -> Option<&Error> {
+        match (self.retry_at, &self.last_error) {
+            (Some(at), Some(error)) if now < at => Some(error),
+            _ => None,
         }
     }
 
-    /// A token was just dropped after a 401: start its replacement at once (so that even a
-    /// request whose 401 cannot be replayed leaves a new token for the next one), unless a
-    /// refresh runs already or the backoff forbids it.
-    pub(super) fn replace_dropped(self: &Arc<Self>, flight: &mut Flight, now: Instant) {
-        if flight.may_start(now) {
-            if let Err(error) = self.start(flight, now, Trigger::Rejected) {
-                tracing::warn!(%error, "could not start a token refresh after a 401");
-            }
-        }
+    /// Until when the backoff forbids a new refresh, if it does at `now`.
+    pub(super) fn retry_at(&self, now: Instant) -> Option<Instant> {
+        self.retry_at.filter(|&at| now < at)
     }
 
-    /// Start the one refresh. Called with the flight lock held and no refresh running.
-    fn start<'f>(
-        self: &Arc<Self>,
-        flight: &'f mut Flight,
-        now: Instant,
-        trigger: Trigger,
-    ) -> Result<&'f Running, Error> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            Error::config(
-                "no Tokio runtime is running: docplanner-auth refreshes tokens in a Tokio task \
-                 (with the time driver enabled); call it from within a Tokio runtime",
-            )
-        })?;
-        if !runtime_has_timer() {
-            let error = Error::config(
-                "the Tokio runtime has no time driver: docplanner-auth needs timers for \
-                 token request timeouts and backoff; build the runtime with enable_time() \
-                 (or enable_all())",
-            );
-            return Err(self.record_failure(flight, error, now));
-        }
+    pub(super) fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    pub(super) fn last_error(&self) -> Option<&Error> {
+        self.last_error.as_ref()
+    }
+
+    /// A new refresh on `runtime`, presumed stuck after `deadline`: its generation, the
+    /// first waiter's share and the task's end of the channel.
+    pub(super) fn start(&mut self, runtime: &Handle, deadline: Instant) -> (u64, Waiter, Publish) {
+        self.generation = self.generation.wrapping_add(1);
         let (tx, rx) = watch::channel(None);
-        flight.generation = flight.generation.wrapping_add(1);
-        let generation = flight.generation;
-        let timeout = self.config.request_timeout;
-        let budget = timeout
-            .saturating_add(timeout.min(STUCK_REFRESH_GRACE))
-            .saturating_add(self.fleet.as_ref().map_or(Duration::ZERO, |f| f.budget()));
-        let deadline = now.checked_add(budget).unwrap_or_else(|| far_future(now));
-        let span = self.observer.refresh_started(trigger);
-        runtime.spawn(Arc::clone(self).run(generation, tx).instrument(span));
-        Ok(flight.running.insert(Running {
-            rx,
-            generation,
-            deadline,
+        self.running.push(Running {
             runtime: runtime.id(),
-        }))
+            rx: rx.clone(),
+            generation: self.generation,
+            deadline,
+        });
+        (self.generation, Waiter(rx), Publish(tx))
     }
 
-    /// The refresh task: fetch (with the request timeout), publish, tell the waiters.
-    async fn run(self: Arc<Self>, generation: u64, tx: watch::Sender<Outcome>) {
-        let mut guard = Unstick {
-            shared: &self,
-            generation,
-            armed: true,
-        };
-        // Set here, not in `start`: a task dropped before it ever runs (spawned on a
-        // runtime that is shutting down) must not leave the stale path switched off.
-        if self.lock_flight().is_current(generation) {
-            self.not_before.store(u64::MAX, Ordering::Release);
-        }
-        let known = {
-            let flight = self.lock_flight();
-            Known {
-                current: self.current.load().as_deref().map(|e| e.token.clone()),
-                rejected: flight.rejected.clone(),
-            }
-        };
-        let started = Instant::now();
-        let result = self.obtain(known).await;
-        self.observer
-            .refresh_done(&tracing::Span::current(), &result, started.elapsed());
-        let outcome = self.complete(generation, result);
-        guard.armed = false;
-        tx.send_replace(Some(outcome));
+    /// The refresh `generation` ended; returns whether it was still ours to complete
+    /// (it is not when it was presumed stuck and dropped meanwhile).
+    pub(super) fn ended(&mut self, generation: u64) -> bool {
+        let before = self.running.len();
+        self.running.retain(|r| r.generation != generation);
+        self.running.len() != before
     }
 
-    /// Publish the outcome of a refresh: store a new token, or record the failure and the
-    /// backoff. A failure never touches the stored token. The outcome of a refresh that
-    /// was presumed stuck and replaced only reaches its own waiters.
-    fn complete(
-        &self,
-        generation: u64,
-        result: Result<AccessToken, Error>,
-    ) -> Result<AccessToken, Error> {
-        let now = Instant::now();
-        let mut flight = self.lock_flight();
-        if !flight.is_current(generation) {
-            return result;
-        }
-        flight.running = None;
-        let mut token = match result {
-            Ok(token) => token,
-            Err(error) => return Err(self.record_failure(&mut flight, error, now)),
-        };
-        let current = self.current.load();
-        let same_as =
-            |old: Option<&AccessToken>| old.filter(|o| o.same_secret(&token)).map(AccessToken::id);
-        if let Some(id) = same_as(flight.rejected.as_ref())
-            .or_else(|| same_as(current.as_deref().map(|e| &e.token)))
-        {
-            token.set_id(id);
-        }
-        let schedule =
-            self.config
-                .policy
-                .schedule(token.obtained(), token.expires_at(), fastrand::f64());
-        if schedule.freshness(now) == Freshness::Expired {
-            let error = Error::new(
-                Kind::InvalidResponse,
-                format!(
-                    "the token arrived already expired (lifetime {:?}, obtained {:?} ago): the \
-                     token endpoint is too slow for such short tokens, or the token source \
-                     returned an old token",
-                    token.lifetime(),
-                    now.saturating_duration_since(token.obtained())
-                ),
-            );
-            return Err(self.record_failure(&mut flight, error, now));
-        }
-        self.current.store(Some(Arc::new(Entry {
-            token: token.clone(),
-            schedule,
-        })));
-        flight.failures = 0;
-        flight.last_error = None;
-        flight.retry_at = None;
-        flight.rejected = None;
-        self.not_before.store(0, Ordering::Release);
-        self.observer.token_stored(&token);
-        Ok(token)
+    /// A refresh succeeded: no backoff any more.
+    pub(super) fn succeeded(&mut self) {
+        self.failures = 0;
+        self.last_error = None;
+        self.retry_at = None;
     }
 
-    /// Count a failed refresh and set the backoff; returns the error for the waiters.
-    fn record_failure(&self, flight: &mut Flight, error: Error, now: Instant) -> Error {
-        flight.failures = flight.failures.saturating_add(1);
-        let delay = self.config.backoff.delay(
-            flight.failures,
-            error.is_permanent(),
-            error.retry_after(),
-            fastrand::f64(),
-        );
+    /// A refresh failed with `error`: back off by `delay(failures)`; returns the instant
+    /// the next one may start and the delay.
+    pub(super) fn failed(
+        &mut self,
+        error: &Error,
+        now: Instant,
+        delay: impl FnOnce(u32) -> Duration,
+    ) -> (Instant, Duration) {
+        self.failures = self.failures.saturating_add(1);
+        let delay = delay(self.failures);
         let retry_at = now.checked_add(delay).unwrap_or_else(|| far_future(now));
-        flight.retry_at = Some(retry_at);
-        flight.last_error = Some(error.clone());
-        self.not_before
-            .store(self.nanos_since_epoch(retry_at), Ordering::Release);
-        self.observer.backing_off(&error, flight.failures, delay);
-        error
+        self.retry_at = Some(retry_at);
+        self.last_error = Some(error.clone());
+        (retry_at, delay)
+    }
+}
+
+impl fmt::Debug for Flight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Flight")
+            .field("running", &self.running.len())
+            .field("failures", &self.failures)
+            .field("retry_at", &self.retry_at)
+            .finish_non_exhaustive()
     }
 }
 
 /// A day from `now`: the furthest we ever schedule anything (an absurd configured delay
 /// must not overflow the clock).
-fn far_future(now: Instant) -> Instant {
+pub(super) fn far_future(now: Instant) -> Instant {
     now + Duration::from_secs(24 * 60 * 60)
 }
 
-/// Ends the running refresh if its task ends without completing: cancelled with the
-/// runtime (the next caller starts a new one), or the token source panicked (recorded as
-/// a failure, with its backoff, so a source that always panics is not called in a loop).
-struct Unstick<'a> {
-    shared: &'a Shared,
-    generation: u64,
-    armed: bool,
+/// Runs `on_abandon(panicking)` if dropped before [`disarm`](Self::disarm): a refresh task
+/// that ends without completing (cancelled with its runtime, or its token source panicked)
+/// must not leave the flight waiting for it.
+pub(super) struct Abandoned<F: FnOnce(bool)>(Option<F>);
+
+impl<F: FnOnce(bool)> Abandoned<F> {
+    pub(super) fn new(on_abandon: F) -> Self {
+        Self(Some(on_abandon))
+    }
+
+    pub(super) fn disarm(mut self) {
+        self.0 = None;
+    }
 }
 
-impl Drop for Unstick<'_> {
+impl<F: FnOnce(bool)> Drop for Abandoned<F> {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let mut flight = self.shared.lock_flight();
-        if !flight.is_current(self.generation) {
-            return;
-        }
-        flight.running = None;
-        if std::thread::panicking() {
-            let error =
-                aborted("panicked (a bug in the token source, or a runtime without a time driver)");
-            self.shared
-                .record_failure(&mut flight, error, Instant::now());
-        } else {
-            self.shared.not_before.store(0, Ordering::Release);
+        if let Some(on_abandon) = self.0.take() {
+            on_abandon(std::thread::panicking());
         }
     }
 }

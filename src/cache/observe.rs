@@ -1,5 +1,6 @@
 //! What a cache reports about itself, in one place per event: the [`CacheStats`]
-//! counters (always), `tracing` events, and `metrics` (feature `metrics`).
+//! counters (always), the [`CacheStatus`] shape for health checks, `tracing` events, and
+//! `metrics` (feature `metrics`).
 //!
 //! Nothing here ever sees a secret: events carry the cache's name, counts, durations and
 //! error messages (which are built never to contain a secret or a token).
@@ -24,9 +25,11 @@ pub struct CacheStats {
     pub token_failures: u64,
     /// Token requests started in the background while a valid token was being served.
     pub background_refreshes: u64,
-    /// Tokens dropped because the API rejected them (or [`TokenCache::invalidate`](super::TokenCache::invalidate)).
+    /// Tokens the API rejected with a 401 (made suspect and replaced), or dropped with
+    /// [`TokenCache::invalidate`](super::TokenCache::invalidate).
     pub invalidations: u64,
-    /// 401 answers that did not force a refresh because one had just run.
+    /// 401 answers that did not force a refresh because freshly fetched tokens keep being
+    /// rejected (see [`DEFAULT_REJECTION_BACKOFF_BASE`](super::DEFAULT_REJECTION_BACKOFF_BASE)).
     pub rate_limited_401s: u64,
     /// Requests replayed with a new token after a 401.
     pub replays: u64,
@@ -38,6 +41,56 @@ pub struct CacheStats {
     /// Episodes of store faults (a store that fails 1,000 times in a row is one episode,
     /// logged once); the cache fetches on its own during them.
     pub store_faults: u64,
+}
+
+/// The state of a cache's token at one instant (see [`CacheStatus`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenState {
+    /// No token yet (none was ever obtained, or it was invalidated).
+    Empty,
+    /// A token that is sent as it is.
+    Fresh,
+    /// A token that is still sent while one refresh replaces it in the background.
+    Stale,
+    /// A token the API rejected with a 401: still sent until a refresh replaces it (and
+    /// while that refresh fails).
+    Suspect,
+    /// The token is past its usable lifetime: callers wait for a new one.
+    Expired,
+    /// No usable token, and the token endpoint is backing off after failures: callers fail
+    /// fast with the last error until the backoff ends.
+    BackingOff,
+}
+
+/// A cache's state at one instant, for health checks ([`TokenCache::status`](super::TokenCache::status)).
+///
+/// An axum `/healthz` handler, for example, answers 200 while
+/// [`is_usable`](Self::is_usable) and 503 otherwise.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CacheStatus {
+    /// The token's state.
+    pub state: TokenState,
+    /// How long the current token lives on (to its real expiry), if there is one.
+    pub expires_in: Option<Duration>,
+    /// How long the token endpoint backoff lasts from now, if one runs.
+    pub backing_off_for: Option<Duration>,
+    /// Token requests that failed in a row (0 after a success).
+    pub consecutive_failures: u32,
+    /// The last failure while it is not followed by a success (its message never
+    /// contains a secret or a token).
+    pub last_error: Option<Error>,
+}
+
+impl CacheStatus {
+    /// Requests can be sent with a token now (fresh, stale or suspect).
+    pub fn is_usable(&self) -> bool {
+        matches!(
+            self.state,
+            TokenState::Fresh | TokenState::Stale | TokenState::Suspect
+        )
+    }
 }
 
 /// Why a refresh started.
@@ -113,13 +166,18 @@ impl Observer {
         if trigger == Trigger::Background {
             bump(&self.background_refreshes);
         }
-        tracing::info_span!(
+        // A refresh serves every caller, not the request that happened to trigger it: a
+        // root span of its own, linked to that request's span.
+        let span = tracing::info_span!(
+            parent: None,
             "docplanner_auth.refresh",
             cache = %self.name,
             trigger = trigger.as_str(),
             outcome = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
-        )
+        );
+        span.follows_from(tracing::Span::current());
+        span
     }
 
     /// A request to the token source starts.
@@ -191,8 +249,7 @@ impl Observer {
 
     pub(crate) fn invalidated(&self) {
         bump(&self.invalidations);
-        tracing::info!(cache = %self.name, "token invalidated: the API rejected it (401)");
-        self.token_gauges(None);
+        tracing::info!(cache = %self.name, "token rejected (401): suspect until a new one arrives");
         #[cfg(feature = "metrics")]
         metrics::counter!("docplanner_auth_invalidations_total", "cache" => self.name.clone())
             .increment(1);
@@ -202,7 +259,7 @@ impl Observer {
         bump(&self.rate_limited);
         tracing::debug!(
             cache = %self.name,
-            "401 for the current token: no forced refresh, one ran too recently"
+            "401 for the current token: no forced refresh, fresh tokens keep being rejected"
         );
         #[cfg(feature = "metrics")]
         metrics::counter!("docplanner_auth_rate_limited_401s_total", "cache" => self.name.clone())

@@ -229,14 +229,6 @@ impl Backoff {
     }
 }
 
-/// Default minimum interval between two refreshes forced by 401 answers: 5 s.
-///
-/// A revoked token is replaced at once; but an API that answers 401 for reasons that have
-/// nothing to do with the token (a facility this client may not see) would otherwise turn
-/// every such request into a token request. With 5 s, such an API costs at most 720 token
-/// requests an hour, and a second genuine revocation is healed at most 5 s late.
-pub const DEFAULT_FORCED_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,147 @@
+//! Runtimes and threads: a runtime that nobody drives never strands callers elsewhere,
+//! nothing panics on purpose (the panic hook never fires), and a caller outside any
+//! runtime gets a typed error instead of a hang.
+//!
+//! This binary installs a panic hook that counts panics: keep every test in it free of
+//! expected panics.
+#![allow(clippy::unwrap_used)]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
+use std::task::{Context, Poll, Wake};
+use std::time::Duration;
+
+use docplanner_auth::{AccessToken, BoxError, TokenCache};
+
+static PANICS: AtomicUsize = AtomicUsize::new(0);
+
+fn count_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+            previous(info);
+        }));
+    });
+}
+
+/// A source whose first call takes `first` (on the timer of the runtime that polls it)
+/// and whose later calls answer at once; counts its calls.
+fn slow_then_fast(first: Duration) -> (TokenCache, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let cache = TokenCache::new(move || {
+        let call = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if call == 0 {
+                tokio::time::sleep(first).await;
+            }
+            Ok::<_, BoxError>(AccessToken::new(
+                format!("token-{call}"),
+                Duration::from_secs(3600),
+            )?)
+        }
+    });
+    (cache, calls)
+}
+
+fn current_thread(paused: bool) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(paused)
+        .build()
+        .unwrap()
+}
+
+/// A minimal executor for a thread with no Tokio runtime (as `futures::executor::block_on`).
+fn block_on_plain_thread<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park_timeout(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_refresh_stranded_on_an_idle_runtime_does_not_strand_callers_on_another() {
+    count_panics();
+    let (cache, calls) = slow_then_fast(Duration::from_secs(60));
+
+    // Runtime A starts the refresh, then nobody drives A any more (it is kept alive).
+    let idle = current_thread(false);
+    let stranded = idle.spawn({
+        let cache = cache.clone();
+        async move { cache.token().await }
+    });
+    idle.block_on(async {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    });
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "A's refresh is under way");
+
+    // A caller on runtime B gets a token from a refresh of its own, at once: its paused
+    // clock would run any wait out instantly, so a wait on A shows up as a timeout.
+    let other = current_thread(true);
+    let token =
+        other.block_on(async { tokio::time::timeout(Duration::from_secs(5), cache.token()).await });
+    let token = token.expect("not stranded").unwrap();
+    assert_eq!(token.secret(), "token-1");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one refresh per runtime");
+    assert_eq!(PANICS.load(Ordering::SeqCst), 0);
+    drop(stranded);
+}
+
+#[test]
+fn a_caller_outside_any_runtime_gets_a_typed_error_and_no_panic_fires() {
+    count_panics();
+    let (cache, calls) = slow_then_fast(Duration::from_millis(200));
+
+    // A multi-threaded runtime drives a refresh...
+    let driven = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let task = driven.spawn({
+        let cache = cache.clone();
+        async move { cache.token().await }
+    });
+    while calls.load(Ordering::SeqCst) == 0 {
+        std::thread::yield_now();
+    }
+
+    // ...while a plain thread (no runtime at all) asks for a token: it cannot fetch one,
+    // and says so, without waiting and without a panic.
+    let from_plain_thread = std::thread::spawn({
+        let cache = cache.clone();
+        move || block_on_plain_thread(cache.token())
+    })
+    .join()
+    .unwrap();
+    let error = from_plain_thread.unwrap_err();
+    assert!(error.is_config(), "{error}");
+    assert!(error.to_string().contains("Tokio runtime"), "{error}");
+
+    // The driven refresh completes; afterwards the plain thread is served from the cache.
+    let token = driven.block_on(task).unwrap().unwrap();
+    let cached = std::thread::spawn(move || block_on_plain_thread(cache.token()))
+        .join()
+        .unwrap()
+        .unwrap();
+    assert!(cached.same_secret(&token));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(PANICS.load(Ordering::SeqCst), 0, "no panic hook fired");
+}
