@@ -282,3 +282,10 @@ pub use crate::cache::{CacheStats, TokenCache, TokenCacheBuilder};
 pub use crate::error::{BoxError, Error};
 pub use crate::source::{ClientCredentials, TokenSource};
 pub use crate::token::{AccessToken, MAX_LIFETIME};
+
+/// The rustls this crate is built with: its types ([`RootCertStore`](rustls::RootCertStore),
+/// certificates) are in the API of [`client`], so use this one rather than a separate
+/// `rustls` dependency that could resolve to another version.
+#[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+pub use rustls;
