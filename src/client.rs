@@ -9,7 +9,7 @@
 //! * **webpki-roots** (Mozilla's root store compiled in) by default, not the OS store: the
 //!   same roots in a scratch or distroless container, which often has no `/etc/ssl`, as on
 //!   a laptop. Behind a TLS-inspecting corporate proxy, trust the OS store instead
-//!   ([`native_roots`], feature `native-roots`) or add your CA to the roots (below).
+//!   ([`native_roots()`], feature `native-roots`) or add your CA to the roots (below).
 //! * **Proxies from the environment**, as curl and reqwest do: `HTTPS_PROXY` (or
 //!   `https_proxy`, else `ALL_PROXY`/`all_proxy`) and `NO_PROXY`/`no_proxy`, read when the
 //!   client is built; or an explicit [`Proxy`]. HTTPS goes through an `http://` proxy by
@@ -100,7 +100,7 @@ where
 }
 
 /// A pooled HTTPS client trusting `roots` only (a corporate or test CA, or
-/// [`native_roots`]), through the proxy of the environment if any.
+/// [`native_roots()`]), through the proxy of the environment if any.
 pub fn https_client_with_roots<B>(roots: rustls::RootCertStore) -> Result<HttpsClient<B>, Error>
 where
     B: Body + Send + 'static,
@@ -145,7 +145,7 @@ pub fn native_roots() -> Result<rustls::RootCertStore, Error> {
 
 /// Configures the built-in client: the roots it trusts and the proxy it goes through.
 ///
-/// Defaults: [`webpki_roots`] and [`Proxy::from_env`], read by [`build`](Self::build).
+/// Defaults: [`webpki_roots()`] and [`Proxy::from_env`], read by [`build`](Self::build).
 #[derive(Debug, Clone, Default)]
 pub struct HttpsClientBuilder {
     roots: Option<rustls::RootCertStore>,

@@ -20,13 +20,20 @@
 //! ```
 
 mod client_credentials;
+#[cfg(feature = "reqwest")]
+mod reqwest;
 mod response;
+mod shared_client;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
 pub use self::client_credentials::{ClientCredentials, ClientCredentialsBuilder};
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub use self::reqwest::ReqwestClient;
+pub use self::shared_client::SharedClient;
 
 /// The scope Docplanner integrations ask for.
 pub const DEFAULT_SCOPE: &str = "integration";
