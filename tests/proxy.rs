@@ -12,12 +12,14 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use docplanner_auth::client::{HttpsClientBuilder, Proxy};
+use docplanner_auth::source::SharedClient;
 use docplanner_auth::testing::FakeDocplanner;
-use docplanner_auth::{ClientCredentials, TokenCache};
+use docplanner_auth::{BearerAuth, ClientCredentials, ReplayBody, TokenCache};
 use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
+use tower::ServiceExt;
 
 /// Every wait on a peer is bounded, so a broken build fails instead of hanging.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -230,4 +232,40 @@ async fn a_refusing_proxy_is_a_transient_error_that_names_it() {
     assert!(!chain.contains("proxy-secret") && !format!("{error:?}").contains("proxy-secret"));
     assert_eq!(proxy.connects().len(), 1);
     assert_eq!(fake.stats().token_requests, 0);
+}
+
+#[tokio::test]
+async fn token_and_api_requests_share_one_tunnel() {
+    // Behind a corporate proxy, one client for both kinds of request: one tunnel.
+    let fake = FakeDocplanner::builder().start().await.unwrap();
+    let proxy = ConnectProxy::start(200).await;
+    let http = HttpsClientBuilder::new()
+        .roots(fake_roots(&fake))
+        .proxy(Proxy::url(&proxy.url()).unwrap())
+        .build::<ReplayBody<Full<Bytes>>>()
+        .unwrap();
+    let source = ClientCredentials::new(
+        SharedClient::new(http.clone()),
+        &fake.token_url(),
+        fake.client_id(),
+        fake.client_secret(),
+    )
+    .unwrap();
+    let api = BearerAuth::new(http, &fake.layer(TokenCache::new(source)).unwrap());
+
+    for _ in 0..2 {
+        let request = http::Request::get(format!("{}/facilities", fake.api_base()))
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let response = timeout(PATIENCE, api.clone().oneshot(request))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+    }
+
+    let stats = fake.stats();
+    assert_eq!((stats.token_requests, stats.api_ok), (1, 2));
+    assert_eq!(proxy.connects().len(), 1, "{:?}", proxy.connects());
+    assert_eq!(stats.https_connections, 1);
 }
