@@ -5,13 +5,12 @@
 #![cfg(feature = "native-roots")]
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
+mod support;
 
 use base64::Engine as _;
 use bytes::Bytes;
 use docplanner_auth::client::{native_roots, HttpsClientBuilder, Proxy};
 use docplanner_auth::testing::FakeDocplanner;
-use docplanner_auth::{ClientCredentials, TokenCache};
 use http_body_util::Full;
 
 #[tokio::test]
@@ -34,16 +33,8 @@ async fn the_os_store_is_trusted() {
         .proxy(Proxy::none())
         .build::<Full<Bytes>>()
         .unwrap();
-    let source = ClientCredentials::new(
-        http,
-        &fake.token_url(),
-        fake.client_id(),
-        fake.client_secret(),
-    )
-    .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), TokenCache::new(source).token())
+    support::fetch_once(support::grant_over(&fake, http))
         .await
-        .unwrap()
         .unwrap();
     assert_eq!(fake.stats().token_requests, 1);
 

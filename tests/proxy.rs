@@ -6,12 +6,14 @@
 //! default client reads the real environment).
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use docplanner_auth::client::{HttpsClientBuilder, Proxy};
+use docplanner_auth::client::{HttpsClient, HttpsClientBuilder, Proxy};
 use docplanner_auth::source::SharedClient;
 use docplanner_auth::testing::FakeDocplanner;
 use docplanner_auth::{BearerAuth, ClientCredentials, ReplayBody, TokenCache};
@@ -116,29 +118,14 @@ async fn tunnel(
     Ok(())
 }
 
-fn fake_roots(fake: &FakeDocplanner) -> docplanner_auth::rustls::RootCertStore {
-    let mut roots = docplanner_auth::rustls::RootCertStore::empty();
-    roots
-        .add(fake.certificate_der().unwrap().to_vec().into())
-        .unwrap();
-    roots
-}
-
-/// A cache fetching from `fake` through the built-in client configured with `proxy`.
-fn cache_via(fake: &FakeDocplanner, proxy: Proxy) -> TokenCache {
+/// The fake's grant over the built-in client configured with `proxy`.
+fn grant_via(fake: &FakeDocplanner, proxy: Proxy) -> ClientCredentials<HttpsClient<Full<Bytes>>> {
     let http = HttpsClientBuilder::new()
-        .roots(fake_roots(fake))
+        .roots(support::fake_roots(fake))
         .proxy(proxy)
-        .build::<Full<Bytes>>()
+        .build()
         .unwrap();
-    let source = ClientCredentials::new(
-        http,
-        &fake.token_url(),
-        fake.client_id(),
-        fake.client_secret(),
-    )
-    .unwrap();
-    TokenCache::new(source)
+    support::grant_over(fake, http)
 }
 
 fn fake_authority(fake: &FakeDocplanner) -> String {
@@ -158,9 +145,9 @@ fn lookup(vars: Vec<(&'static str, String)>) -> impl Fn(&str) -> Option<String> 
 async fn an_explicit_proxy_tunnels_the_token_request() {
     let fake = FakeDocplanner::builder().start().await.unwrap();
     let proxy = ConnectProxy::start(200).await;
-    let cache = cache_via(&fake, Proxy::url(&proxy.url()).unwrap());
-
-    timeout(PATIENCE, cache.token()).await.unwrap().unwrap();
+    support::fetch_once(grant_via(&fake, Proxy::url(&proxy.url()).unwrap()))
+        .await
+        .unwrap();
 
     let connects = proxy.connects();
     assert_eq!(connects.len(), 1, "{connects:?}");
@@ -176,9 +163,7 @@ async fn https_proxy_from_the_environment_with_credentials() {
     let with_credentials = format!("http://proxy-user:proxy-pa%3Ass@127.0.0.1:{}", proxy.port);
     let config = Proxy::from_lookup(lookup(vec![("https_proxy", with_credentials)])).unwrap();
     assert!(!format!("{config:?}").contains("proxy-pa"));
-    let cache = cache_via(&fake, config);
-
-    timeout(PATIENCE, cache.token()).await.unwrap().unwrap();
+    support::fetch_once(grant_via(&fake, config)).await.unwrap();
 
     let connects = proxy.connects();
     assert_eq!(connects.len(), 1, "{connects:?}");
@@ -199,9 +184,7 @@ async fn no_proxy_bypasses_the_proxy() {
         ("NO_PROXY", "localhost, 127.0.0.1".to_owned()),
     ]))
     .unwrap();
-    let cache = cache_via(&fake, config);
-
-    timeout(PATIENCE, cache.token()).await.unwrap().unwrap();
+    support::fetch_once(grant_via(&fake, config)).await.unwrap();
 
     assert!(proxy.connects().is_empty(), "{:?}", proxy.connects());
     assert_eq!(fake.stats().token_requests, 1);
@@ -212,9 +195,9 @@ async fn a_refusing_proxy_is_a_transient_error_that_names_it() {
     let fake = FakeDocplanner::builder().start().await.unwrap();
     let proxy = ConnectProxy::start(403).await;
     let url = format!("http://u:proxy-secret@127.0.0.1:{}", proxy.port);
-    let cache = cache_via(&fake, Proxy::url(&url).unwrap());
-
-    let error = timeout(PATIENCE, cache.token()).await.unwrap().unwrap_err();
+    let error = support::fetch_once(grant_via(&fake, Proxy::url(&url).unwrap()))
+        .await
+        .unwrap_err();
 
     assert!(error.is_transient(), "{error}");
     assert!(error.to_string().contains("proxy"), "{error}");
@@ -240,17 +223,11 @@ async fn token_and_api_requests_share_one_tunnel() {
     let fake = FakeDocplanner::builder().start().await.unwrap();
     let proxy = ConnectProxy::start(200).await;
     let http = HttpsClientBuilder::new()
-        .roots(fake_roots(&fake))
+        .roots(support::fake_roots(&fake))
         .proxy(Proxy::url(&proxy.url()).unwrap())
         .build::<ReplayBody<Full<Bytes>>>()
         .unwrap();
-    let source = ClientCredentials::new(
-        SharedClient::new(http.clone()),
-        &fake.token_url(),
-        fake.client_id(),
-        fake.client_secret(),
-    )
-    .unwrap();
+    let source = support::grant_over(&fake, SharedClient::new(http.clone()));
     let api = BearerAuth::new(http, &fake.layer(TokenCache::new(source)).unwrap());
 
     for _ in 0..2 {

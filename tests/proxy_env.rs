@@ -2,12 +2,13 @@
 //! binary of its own: the environment is process-global, and this is its only test.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::time::Duration;
 
 use bytes::Bytes;
 use docplanner_auth::client::https_client_with_roots;
 use docplanner_auth::testing::FakeDocplanner;
-use docplanner_auth::{ClientCredentials, TokenCache};
 use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -39,21 +40,9 @@ async fn the_default_client_goes_through_https_proxy() {
     }
     std::env::set_var("HTTPS_PROXY", format!("http://127.0.0.1:{port}"));
 
-    let mut roots = docplanner_auth::rustls::RootCertStore::empty();
-    roots
-        .add(fake.certificate_der().unwrap().to_vec().into())
-        .unwrap();
-    let http = https_client_with_roots::<Full<Bytes>>(roots).unwrap();
-    let source = ClientCredentials::new(
-        http,
-        &fake.token_url(),
-        fake.client_id(),
-        fake.client_secret(),
-    )
-    .unwrap();
-    let error = tokio::time::timeout(Duration::from_secs(10), TokenCache::new(source).token())
+    let http = https_client_with_roots::<Full<Bytes>>(support::fake_roots(&fake)).unwrap();
+    let error = support::fetch_once(support::grant_over(&fake, http))
         .await
-        .unwrap()
         .unwrap_err();
 
     let head = tokio::time::timeout(Duration::from_secs(10), refusing)

@@ -6,6 +6,8 @@
 //!   (`ReqwestClient`, feature `reqwest`).
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,13 +43,7 @@ where
 async fn one_client_one_pool_for_the_token_and_the_api() {
     let fake = FakeDocplanner::builder().start().await.unwrap();
     let http = fake.client::<ReplayBody<Full<Bytes>>>().unwrap();
-    let source = ClientCredentials::new(
-        SharedClient::new(http.clone()),
-        &fake.token_url(),
-        fake.client_id(),
-        fake.client_secret(),
-    )
-    .unwrap();
+    let source = support::grant_over(&fake, SharedClient::new(http.clone()));
     let layer = fake.layer(TokenCache::new(source)).unwrap();
 
     three_gets(&fake, BearerAuth::new(http, &layer)).await;
@@ -88,21 +84,11 @@ mod reqwest_stack {
             .unwrap()
     }
 
-    fn source(fake: &FakeDocplanner, http: &reqwest::Client) -> ClientCredentials<ReqwestClient> {
-        ClientCredentials::new(
-            ReqwestClient::new(http.clone()),
-            &fake.token_url(),
-            fake.client_id(),
-            fake.client_secret(),
-        )
-        .unwrap()
-    }
-
     #[tokio::test]
     async fn tokens_through_the_applications_reqwest_client() {
         let fake = FakeDocplanner::builder().start().await.unwrap();
         let http = reqwest_client(&fake);
-        let cache = TokenCache::new(source(&fake, &http));
+        let cache = TokenCache::new(support::grant_over(&fake, ReqwestClient::new(http.clone())));
         let client = reqwest_middleware::ClientBuilder::new(http)
             .with(BearerAuthMiddleware::new(cache, &fake.api_base()).unwrap())
             .build();
@@ -135,11 +121,8 @@ mod reqwest_stack {
                 retry_after: Some(3),
             },
         );
-        let cache = TokenCache::new(source(&fake, &http));
-        let error = tokio::time::timeout(PATIENCE, cache.token())
-            .await
-            .unwrap()
-            .unwrap_err();
+        let source = support::grant_over(&fake, ReqwestClient::new(http.clone()));
+        let error = support::fetch_once(source).await.unwrap_err();
         assert!(error.is_transient(), "{error}");
         assert_eq!(error.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
         assert_eq!(error.retry_after(), Some(Duration::from_secs(3)));
@@ -151,10 +134,7 @@ mod reqwest_stack {
             "not-the-secret",
         )
         .unwrap();
-        let error = tokio::time::timeout(PATIENCE, TokenCache::new(wrong).token())
-            .await
-            .unwrap()
-            .unwrap_err();
+        let error = support::fetch_once(wrong).await.unwrap_err();
         assert!(error.is_credentials(), "{error}");
         assert!(!format!("{error} {error:?}").contains("not-the-secret"));
     }
