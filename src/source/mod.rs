@@ -4,6 +4,14 @@
 //! A [`TokenCache`](crate::TokenCache) asks its source for a token only when it needs one,
 //! one request at a time, with a timeout and a backoff around it: a source just fetches.
 //!
+//! # Which HTTP client the token requests use
+//!
+//! [`ClientCredentials`] sends them through any `tower::Service<http::Request<Full<Bytes>>>`:
+//! * the built-in [`client::https_client`](crate::client::https_client) (feature `client`);
+//! * [`SharedClient`]: the very client your API requests go through (built for another
+//!   body type, such as the layer's `ReplayBody<Full<Bytes>>`), so both share one pool;
+//! * [`ReqwestClient`] (feature `reqwest`): your `reqwest::Client`.
+//!
 //! # Example: a source of your own
 //!
 //! Any `Fn() -> impl Future<Output = Result<AccessToken, BoxError>>` is a source, which is
