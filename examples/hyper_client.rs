@@ -15,8 +15,11 @@
 //! ```
 //!
 //! Both stacks share one [`BearerAuthLayer`], hence one token cache: one token for both.
-//! Its tokens are fetched through your own client too (`Credentials::client_credentials`),
-//! so the token call shares your TLS settings.
+//! Its tokens are fetched through your own client too, wrapped in [`SharedClient`]
+//! (`Credentials::client_credentials(SharedClient::new(client.clone()))`): the token call
+//! shares your TLS settings *and your connection pool*, one client for both kinds of
+//! request (the fake counts one TLS connection for the token and the API requests of
+//! stack 2).
 //!
 //! Without credentials it runs against an embedded fake Docplanner (real HTTPS on
 //! 127.0.0.1) and exits within a second or two. With `DOCPLANNER_DOMAIN`,
@@ -31,7 +34,8 @@ use docplanner_auth::client::HttpsClient;
 use docplanner_auth::docplanner::{Credentials, ENV_CLIENT_ID, ENV_CLIENT_SECRET, ENV_DOMAIN};
 use docplanner_auth::testing::FakeDocplanner;
 use docplanner_auth::{
-    BearerAuth, BearerAuthLayer, BoxError, ClientCredentials, ReplayBody, TokenCache,
+    source::SharedClient, BearerAuth, BearerAuthLayer, BoxError, ClientCredentials, ReplayBody,
+    TokenCache,
 };
 use http::{Request, Response};
 use http_body::Body;
@@ -55,8 +59,8 @@ struct Target {
     layer: BearerAuthLayer,
     /// The built-in client type, trusting the right roots.
     built_in: HttpsClient<Sent>,
-    /// The roots your own client trusts.
-    roots: rustls::RootCertStore,
+    /// Your own client: one pool for the token requests and the API requests.
+    own: OwnClient,
     /// Kept alive for the whole run when there are no credentials.
     fake: Option<FakeDocplanner>,
 }
@@ -99,7 +103,7 @@ async fn run() -> Result<(), BoxError> {
         // redirect to another host or to plain http fails instead of carrying the token.
         .layer(FollowRedirectLayer::new())
         .layer(target.layer.clone())
-        .service(your_own_client(target.roots.clone())?);
+        .service(target.own.clone());
     get(api.clone(), &facilities).await?;
 
     if let Some(fake) = &target.fake {
@@ -116,8 +120,9 @@ async fn run() -> Result<(), BoxError> {
         }
         let stats = fake.stats();
         println!(
-            "\nfake Docplanner: token_requests={} api_ok={} plain_http_requests={}",
-            stats.token_requests, stats.api_ok, stats.plain_http_requests
+            "\nfake Docplanner: token_requests={} api_ok={} plain_http_requests={} \
+             tls_connections={} (stack 1's client, and one shared by the tokens and stack 2)",
+            stats.token_requests, stats.api_ok, stats.plain_http_requests, stats.https_connections
         );
     }
     Ok(())
@@ -131,13 +136,14 @@ fn real_api() -> Result<Target, BoxError> {
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
-    // `credentials.layer()?` would fetch tokens over the built-in client.
-    let source = credentials.client_credentials(your_own_client(roots.clone())?)?;
+    // `credentials.layer()?` would fetch tokens over a built-in client of their own.
+    let own = your_own_client(roots)?;
+    let source = credentials.client_credentials(SharedClient::new(own.clone()))?;
     Ok(Target {
         layer: BearerAuthLayer::new(TokenCache::new(source), &domain.api_base())?,
         api_base: domain.api_base(),
         built_in: docplanner_auth::client::https_client()?,
-        roots,
+        own,
         fake: None,
     })
 }
@@ -150,8 +156,9 @@ async fn fake_api() -> Result<Target, BoxError> {
     if let Some(der) = fake.certificate_der() {
         roots.add(der.to_vec().into())?;
     }
+    let own = your_own_client(roots)?;
     let source = ClientCredentials::new(
-        your_own_client(roots.clone())?,
+        SharedClient::new(own.clone()),
         &fake.token_url(),
         fake.client_id(),
         fake.client_secret(),
@@ -160,20 +167,16 @@ async fn fake_api() -> Result<Target, BoxError> {
         api_base: fake.api_base(),
         layer: fake.layer(TokenCache::new(source))?,
         built_in: fake.client()?,
-        roots,
+        own,
         fake: Some(fake),
     })
 }
 
-/// Your own client: your TLS configuration, connector and pool settings. HTTPS only. `B`
-/// is `ReplayBody<Full<Bytes>>` behind the layer, `Full<Bytes>` for the token requests.
-fn your_own_client<B>(
-    roots: rustls::RootCertStore,
-) -> Result<Client<HttpsConnector<HttpConnector>, B>, BoxError>
-where
-    B: Body + Send + 'static,
-    B::Data: Send,
-{
+/// Your own client type, built for the body the layer sends.
+type OwnClient = Client<HttpsConnector<HttpConnector>, Sent>;
+
+/// Your own client: your TLS configuration, connector and pool settings. HTTPS only.
+fn your_own_client(roots: rustls::RootCertStore) -> Result<OwnClient, BoxError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

@@ -5,14 +5,20 @@
 //! `GET /facilities` through a reqwest-middleware client with [`BearerAuthMiddleware`], and
 //! prints the answer.
 //!
+//! One HTTP stack: the tokens are fetched through the same `reqwest::Client`
+//! ([`ReqwestClient`]), so its TLS, roots, proxies and connection pool serve both, and the
+//! crate's own hyper-util client is not needed (`default-features = false,
+//! features = ["reqwest"]`).
+//!
 //! With `DOCPLANNER_CLIENT_ID`, `DOCPLANNER_CLIENT_SECRET` and `DOCPLANNER_DOMAIN` (a
 //! domain such as `doctoralia.es`, or a country code such as `es`) set, it calls the real
 //! API instead.
 
 use docplanner_auth::docplanner::{Credentials, ENV_CLIENT_ID, ENV_CLIENT_SECRET, ENV_DOMAIN};
 use docplanner_auth::reqwest::BearerAuthMiddleware;
+use docplanner_auth::source::ReqwestClient;
 use docplanner_auth::testing::FakeDocplanner;
-use docplanner_auth::{BoxError, TokenCache};
+use docplanner_auth::{BoxError, ClientCredentials, TokenCache};
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
@@ -34,7 +40,8 @@ async fn main() -> Result<(), BoxError> {
         );
         // The operating system's roots (reqwest's platform verifier).
         let http = reqwest::Client::builder().build()?;
-        return get_facilities(http, credentials.cache()?, &api_base).await;
+        let source = credentials.client_credentials(ReqwestClient::new(http.clone()))?;
+        return get_facilities(http, source, &api_base).await;
     }
 
     println!("No DOCPLANNER_* credentials set: calling a fake Docplanner on 127.0.0.1 instead.");
@@ -45,21 +52,33 @@ async fn main() -> Result<(), BoxError> {
     let http = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_der(certificate)?])
         .build()?;
-    get_facilities(http, fake.cache()?, &fake.api_base()).await?;
+    let source = ClientCredentials::new(
+        ReqwestClient::new(http.clone()),
+        &fake.token_url(),
+        fake.client_id(),
+        fake.client_secret(),
+    )?;
+    get_facilities(http, source, &fake.api_base()).await?;
+    let stats = fake.stats();
     println!(
-        "token requests made to the fake: {}",
-        fake.stats().token_requests
+        "token requests made to the fake: {}, TLS connections: {} (one pool for both)",
+        stats.token_requests, stats.https_connections
     );
     Ok(())
 }
 
+/// `GET /facilities` through `http`, authenticated with tokens from `source`, which fetches
+/// them through a clone of the same `http`.
 async fn get_facilities(
     http: reqwest::Client,
-    cache: TokenCache,
+    source: ClientCredentials<ReqwestClient>,
     api_base: &str,
 ) -> Result<(), BoxError> {
     let client = reqwest_middleware::ClientBuilder::new(http)
-        .with(BearerAuthMiddleware::new(cache, api_base)?)
+        .with(BearerAuthMiddleware::new(
+            TokenCache::new(source),
+            api_base,
+        )?)
         .build();
     let response = client.get(format!("{api_base}/facilities")).send().await?;
     println!("GET /facilities -> {}", response.status());

@@ -39,19 +39,21 @@
 //! ```
 //!
 //! With your own client stack (any `tower::Service<http::Request<_>>`, hyper-util's client
-//! typically), build the pieces yourself:
+//! typically), build the pieces yourself. One client can serve the token requests too
+//! ([`source::SharedClient`]): one TLS setup, one proxy setup, one connection pool.
 //!
 //! ```no_run
 //! # #[cfg(feature = "client")]
 //! # fn build() -> Result<(), docplanner_auth::Error> {
 //! use bytes::Bytes;
 //! use http_body_util::Full;
+//! use docplanner_auth::source::SharedClient;
 //! use docplanner_auth::{client::https_client, BearerAuthLayer, ClientCredentials, ReplayBody, TokenCache};
 //! use tower::ServiceBuilder;
 //!
-//! let token_http = https_client::<Full<Bytes>>()?; // the token call may share your TLS/proxy stack
+//! let http = https_client::<ReplayBody<Full<Bytes>>>()?;
 //! let source = ClientCredentials::new(
-//!     token_http,
+//!     SharedClient::new(http.clone()), // the token requests go through the same pool
 //!     "https://www.doctoralia.es/oauth/v2/token",
 //!     "client-id",
 //!     "client-secret",
@@ -59,7 +61,7 @@
 //! let cache = TokenCache::new(source); // share clones of it across clients
 //! let api = ServiceBuilder::new()
 //!     .layer(BearerAuthLayer::new(cache, "https://www.doctoralia.es/api/v3/integration")?)
-//!     .service(https_client::<ReplayBody<Full<Bytes>>>()?);
+//!     .service(http);
 //! # let _ = api; Ok(()) }
 //! ```
 //!
@@ -167,6 +169,20 @@
 //! With feature `reqwest`, [`reqwest::BearerAuthMiddleware`] gives a reqwest-middleware
 //! client the same behaviour, and can share the [`TokenCache`] of a tower stack (one token
 //! for both): see the [`reqwest`] module and `examples/reqwest_client.rs`.
+//! [`source::ReqwestClient`] fetches the tokens through the application's own
+//! `reqwest::Client`: with `default-features = false, features = ["reqwest"]` a reqwest
+//! application builds one HTTP stack and one TLS library, not two.
+//!
+//! # Proxies and certificates
+//!
+//! The token requests go through whatever client you give [`ClientCredentials`]: your
+//! reqwest client ([`source::ReqwestClient`]) or hyper-util client
+//! ([`source::SharedClient`]) with their own proxy and root settings. The built-in client
+//! ([`client`]) goes through the proxy of `HTTPS_PROXY`/`ALL_PROXY` (bypassed for
+//! `NO_PROXY`) or an explicit [`client::Proxy`], trusts Mozilla's roots by default, the
+//! operating system's store with [`client::native_roots`] (feature `native-roots`, for a
+//! TLS-inspecting corporate proxy), or any [`rustls::RootCertStore`] you build (a CA of
+//! your own): see [`client::HttpsClientBuilder`].
 //!
 //! # Configuration from the environment
 //!
@@ -222,8 +238,9 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `client` | yes | [`client::https_client`] (hyper-util + rustls with ring and the webpki roots) and the one-line [`docplanner::client`] / [`docplanner::layer`] |
-//! | `reqwest` | no | [`reqwest::BearerAuthMiddleware`]: the same authentication for a reqwest-middleware client, sharing the same [`TokenCache`] |
+//! | `client` | yes | [`client::https_client`] (hyper-util + rustls with ring and the webpki roots, proxies from the environment) and the one-line [`docplanner::client`] / [`docplanner::layer`]; re-exports [`rustls`] |
+//! | `native-roots` | no | [`client::native_roots`]: the operating system's certificate store for the built-in client |
+//! | `reqwest` | no | [`reqwest::BearerAuthMiddleware`]: the same authentication for a reqwest-middleware client, sharing the same [`TokenCache`]; [`source::ReqwestClient`]: the token requests through your `reqwest::Client` |
 //! | `redis` | no | [`store::RedisStore`]: one token for a fleet of replicas |
 //! | `metrics` | no | metrics through the [`metrics`](https://docs.rs/metrics) facade |
 //! | `test-util` | no | [`testing::FakeDocplanner`]: a fake Docplanner over real HTTPS on loopback, with counters and fault switches |
@@ -282,3 +299,10 @@ pub use crate::cache::{CacheStats, CacheStatus, TokenCache, TokenCacheBuilder, U
 pub use crate::error::{BoxError, Error};
 pub use crate::source::{ClientCredentials, TokenSource};
 pub use crate::token::{AccessToken, MAX_LIFETIME};
+
+/// The rustls this crate is built with: its types ([`RootCertStore`](rustls::RootCertStore),
+/// certificates) are in the API of [`client`], so use this one rather than a separate
+/// `rustls` dependency that could resolve to another version.
+#[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+pub use rustls;

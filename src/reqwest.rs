@@ -36,14 +36,19 @@
 //! # Example
 //!
 //! ```no_run
-//! # #[cfg(feature = "client")]
 //! # async fn run() -> Result<(), docplanner_auth::BoxError> {
-//! use docplanner_auth::docplanner::{self, Domain};
+//! use docplanner_auth::docplanner::{Credentials, Domain};
 //! use docplanner_auth::reqwest::BearerAuthMiddleware;
+//! use docplanner_auth::source::ReqwestClient;
+//! use docplanner_auth::TokenCache;
 //!
+//! // The tokens are fetched through the same reqwest client (its TLS, proxies and pool).
+//! let http = reqwest::Client::new();
+//! let credentials = Credentials::new(Domain::Spain, "client-id", "client-secret");
+//! let source = credentials.client_credentials(ReqwestClient::new(http.clone()))?;
 //! // One cache per credential set; hand clones of it to every stack that should share it.
-//! let cache = docplanner::cache(&Domain::Spain, "client-id", "client-secret")?;
-//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//! let cache = TokenCache::new(source);
+//! let client = reqwest_middleware::ClientBuilder::new(http)
 //!     .with(BearerAuthMiddleware::new(cache, &Domain::Spain.api_base())?)
 //!     .build();
 //!

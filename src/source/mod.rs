@@ -4,6 +4,14 @@
 //! A [`TokenCache`](crate::TokenCache) asks its source for a token only when it needs one,
 //! one request at a time, with a timeout and a backoff around it: a source just fetches.
 //!
+//! # Which HTTP client the token requests use
+//!
+//! [`ClientCredentials`] sends them through any `tower::Service<http::Request<Full<Bytes>>>`:
+//! * the built-in [`client::https_client`](crate::client::https_client) (feature `client`);
+//! * [`SharedClient`]: the very client your API requests go through (built for another
+//!   body type, such as the layer's `ReplayBody<Full<Bytes>>`), so both share one pool;
+//! * [`ReqwestClient`] (feature `reqwest`): your `reqwest::Client`.
+//!
 //! # Example: a source of your own
 //!
 //! Any `Fn() -> impl Future<Output = Result<AccessToken, BoxError>>` is a source, which is
@@ -20,13 +28,20 @@
 //! ```
 
 mod client_credentials;
+#[cfg(feature = "reqwest")]
+mod reqwest;
 mod response;
+mod shared_client;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
 pub use self::client_credentials::{ClientCredentials, ClientCredentialsBuilder};
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub use self::reqwest::ReqwestClient;
+pub use self::shared_client::SharedClient;
 
 /// The scope Docplanner integrations ask for.
 pub const DEFAULT_SCOPE: &str = "integration";

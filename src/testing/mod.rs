@@ -61,7 +61,7 @@ use tower_service::Service;
 
 pub use self::routes::{FakeBody, FakeStats, TokenFault};
 use self::routes::{State, API_PREFIX, TOKEN_PATH};
-use crate::client::{https_client_with_roots, HttpsClient};
+use crate::client::{HttpsClient, HttpsClientBuilder, Proxy};
 use crate::error::BoxError;
 use crate::{BearerAuth, BearerAuthLayer, ClientCredentials, ReplayBody, TokenCache};
 
@@ -142,7 +142,11 @@ impl FakeDocplanner {
         if let Some(certificate) = &self.certificate {
             roots.add(certificate.der.clone())?;
         }
-        Ok(https_client_with_roots(roots)?)
+        // No proxy whatever the environment says: the fake is on loopback.
+        Ok(HttpsClientBuilder::new()
+            .roots(roots)
+            .proxy(Proxy::none())
+            .build()?)
     }
 
     /// The in-process service: the same routes, counters and faults, no socket.

@@ -82,6 +82,8 @@ pub struct FakeStats {
     pub plain_http_requests: u64,
     /// Requests to the plain-http listener that carried an `Authorization` header.
     pub plain_http_with_credentials: u64,
+    /// TLS connections accepted (handshakes completed) by the HTTPS listener.
+    pub https_connections: u64,
 }
 
 impl FakeStats {
@@ -107,6 +109,7 @@ struct Counters {
     bookings: AtomicU64,
     plain_http_requests: AtomicU64,
     plain_http_with_credentials: AtomicU64,
+    https_connections: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -206,6 +209,11 @@ impl State {
         }
     }
 
+    /// A TLS handshake completed on the HTTPS listener.
+    pub(crate) fn connection_accepted(&self) {
+        bump(&self.counters.https_connections);
+    }
+
     pub(crate) fn stats(&self) -> FakeStats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -222,6 +230,7 @@ impl State {
             bookings: get(&c.bookings),
             plain_http_requests: get(&c.plain_http_requests),
             plain_http_with_credentials: get(&c.plain_http_with_credentials),
+            https_connections: get(&c.https_connections),
         }
     }
 

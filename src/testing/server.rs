@@ -85,6 +85,7 @@ pub(crate) fn serve_https(
             let Ok(stream) = tls.accept(tcp).await else {
                 return;
             };
+            state.connection_accepted();
             let service = service_fn(move |request: hyper::Request<Incoming>| {
                 let state = Arc::clone(&state);
                 async move {

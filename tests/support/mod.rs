@@ -153,3 +153,35 @@ pub async fn full_run(fake: &docplanner_auth::testing::FakeDocplanner) -> Result
     assert!(echoing.token().await.is_err());
     Ok(())
 }
+
+/// The roots a client of your own needs to trust the fake: its generated certificate.
+pub fn fake_roots(fake: &FakeDocplanner) -> docplanner_auth::rustls::RootCertStore {
+    let mut roots = docplanner_auth::rustls::RootCertStore::empty();
+    roots
+        .add(fake.certificate_der().unwrap().to_vec().into())
+        .unwrap();
+    roots
+}
+
+/// The fake's client-credentials grant over `http` (any client).
+pub fn grant_over<C>(fake: &FakeDocplanner, http: C) -> docplanner_auth::ClientCredentials<C> {
+    docplanner_auth::ClientCredentials::new(
+        http,
+        &fake.token_url(),
+        fake.client_id(),
+        fake.client_secret(),
+    )
+    .unwrap()
+}
+
+/// One token from a fresh cache over `source`; a wait over 10 s fails the test.
+pub async fn fetch_once(
+    source: impl docplanner_auth::TokenSource,
+) -> Result<docplanner_auth::AccessToken, docplanner_auth::Error> {
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        TokenCache::new(source).token(),
+    )
+    .await
+    .expect("the token request did not finish within 10 s")
+}
