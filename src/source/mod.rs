@@ -26,9 +26,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-pub use self::client_credentials::{ClientCredentials, ClientCredentialsBuilder};
+pub use self::client_credentials::{ClientAuth, ClientCredentials, ClientCredentialsBuilder};
 
-/// The scope Docplanner integrations ask for.
+/// The scope Docplanner integrations ask for: the default scope for Docplanner's token URLs
+/// (other providers get none unless asked).
 pub const DEFAULT_SCOPE: &str = "integration";
 #[doc(hidden)]
 pub use self::response::parse_token_response;
@@ -56,6 +57,14 @@ pub const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
 pub trait TokenSource: Send + Sync + 'static {
     /// Obtain a new token.
     fn fetch(&self) -> impl Future<Output = Result<AccessToken, BoxError>> + Send;
+
+    /// A name for the caches over this source (their metrics and tracing label `cache`)
+    /// when none is given; `None` (the default) leaves the cache's own default.
+    /// [`ClientCredentials`] answers its token URL's host, with the port if it is not
+    /// the default one.
+    fn cache_name(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl<F, Fut> TokenSource for F
@@ -73,10 +82,16 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// [`TokenSource`] made object-safe, so the cache is not generic over its source.
 pub(crate) trait ErasedSource: Send + Sync + 'static {
     fn fetch(&self) -> BoxFuture<'_, Result<AccessToken, BoxError>>;
+    #[allow(dead_code)] // read by the cache builder for its default name
+    fn cache_name(&self) -> Option<&str>;
 }
 
 impl<T: TokenSource> ErasedSource for T {
     fn fetch(&self) -> BoxFuture<'_, Result<AccessToken, BoxError>> {
         Box::pin(TokenSource::fetch(self))
+    }
+
+    fn cache_name(&self) -> Option<&str> {
+        TokenSource::cache_name(self)
     }
 }

@@ -170,12 +170,11 @@ impl FakeDocplanner {
         } else {
             FakeTransport::InProcess(self.service())
         };
-        Ok(ClientCredentials::new(
-            transport,
-            &self.token_url(),
-            self.client_id(),
-            self.client_secret(),
-        )?)
+        Ok(
+            ClientCredentials::builder(&self.token_url(), self.client_id(), self.client_secret())
+                .docplanner()
+                .build(transport)?,
+        )
     }
 
     /// A layer authenticating requests to this fake's API with `cache`.
