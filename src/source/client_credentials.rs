@@ -425,7 +425,8 @@ impl ClientCredentialsBuilder {
         }
         if auth == ClientAuth::BasicAsGiven && self.client_id.contains(':') {
             return Err(Error::config(
-                "the client id contains `:`, which HTTP Basic cannot carry as given: use                  ClientAuth::Basic (form-urlencoded, RFC 6749) or ClientAuth::Post",
+                "the client id contains `:`, which HTTP Basic cannot carry as given: use \
+                 ClientAuth::Basic (form-urlencoded, RFC 6749) or ClientAuth::Post",
             ));
         }
         if self.secret.is_empty() {
