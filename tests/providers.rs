@@ -1,6 +1,7 @@
 //! Any OAuth2 provider, over real HTTPS against the fake in generic-OAuth2 mode: scopes,
 //! extra parameters, each client-authentication method (with what the server received),
 //! Docplanner's Basic credentials, messages, and the fallback for the user's own routes.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

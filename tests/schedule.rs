@@ -1,6 +1,7 @@
 //! The refresh schedule against a generic OAuth2 server that floors `exp` to whole seconds,
 //! on a paused clock: how many token requests per lifetime, that no expired token is ever
 //! sent, and how many attempts a failing endpoint gets before the token runs out.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 
