@@ -82,8 +82,6 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// [`TokenSource`] made object-safe, so the cache is not generic over its source.
 pub(crate) trait ErasedSource: Send + Sync + 'static {
     fn fetch(&self) -> BoxFuture<'_, Result<AccessToken, BoxError>>;
-    #[allow(dead_code)] // read by the cache builder for its default name
-    fn cache_name(&self) -> Option<&str>;
 }
 
 impl<T: TokenSource> ErasedSource for T {
@@ -91,7 +89,4 @@ impl<T: TokenSource> ErasedSource for T {
         Box::pin(TokenSource::fetch(self))
     }
 
-    fn cache_name(&self) -> Option<&str> {
-        TokenSource::cache_name(self)
-    }
 }
