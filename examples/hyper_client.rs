@@ -157,12 +157,12 @@ async fn fake_api() -> Result<Target, BoxError> {
         roots.add(der.to_vec().into())?;
     }
     let own = your_own_client(roots)?;
-    let source = ClientCredentials::new(
-        SharedClient::new(own.clone()),
-        &fake.token_url(),
-        fake.client_id(),
-        fake.client_secret(),
-    )?;
+    // The fake's 127.0.0.1 token URL is not one of Docplanner's hosts: ask for
+    // Docplanner's scope explicitly.
+    let source =
+        ClientCredentials::builder(&fake.token_url(), fake.client_id(), fake.client_secret())
+            .scope("integration")
+            .build(SharedClient::new(own.clone()))?;
     Ok(Target {
         api_base: fake.api_base(),
         layer: fake.layer(TokenCache::new(source))?,

@@ -263,12 +263,13 @@ impl Credentials {
     /// The OAuth2 client-credentials source for these credentials over your own HTTP
     /// service (any tower service; see [`ClientCredentials`](crate::ClientCredentials)).
     pub fn client_credentials<C>(&self, client: C) -> Result<crate::ClientCredentials<C>, Error> {
-        crate::ClientCredentials::new(
-            client,
+        crate::ClientCredentials::builder(
             &self.domain.token_url(),
             &self.client_id,
             &self.client_secret,
         )
+        .docplanner()
+        .build(client)
     }
 }
 

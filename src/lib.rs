@@ -202,6 +202,117 @@
 //! # let _ = client; Ok(()) }
 //! ```
 //!
+//! # Other providers
+//!
+//! [`ClientCredentials`] speaks RFC 6749 client credentials to any OAuth2 server. For a
+//! token URL that is not one of Docplanner's, the defaults are the RFC's: no `scope`
+//! unless you ask for one, HTTP Basic with the id and secret form-urlencoded first
+//! ([`source::ClientAuth::Basic`]), and messages about "the token endpoint host:port".
+//! Choose the scopes ([`scope`](source::ClientCredentialsBuilder::scope),
+//! [`scopes`](source::ClientCredentialsBuilder::scopes),
+//! [`no_scope`](source::ClientCredentialsBuilder::no_scope)), add form parameters
+//! ([`param`](source::ClientCredentialsBuilder::param): `audience`, `resource`…) and the
+//! client authentication ([`client_auth`](source::ClientCredentialsBuilder::client_auth):
+//! RFC Basic, Basic as given, or `client_secret_post`). Short-lived tokens are fine: a
+//! token is renewed after at least 80 % of its life (at most 1.25 token requests per
+//! lifetime from a minute up, 1.5 from 10 s up; see [`cache::RefreshPolicy`]).
+//!
+//! | provider | token URL | parameters | client authentication |
+//! |---|---|---|---|
+//! | Keycloak | `https://{host}/realms/{realm}/protocol/openid-connect/token` | none needed (`scope` optional) | RFC Basic (default) or post |
+//! | Auth0 | `https://{tenant}.auth0.com/oauth/token` (or your custom domain) | `audience` = the API identifier | post (Auth0's default for machine-to-machine apps) or Basic |
+//! | Entra ID | `https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token` | `scope` = `{resource}/.default` | post, as Microsoft documents it (certificate credentials are not supported) |
+//! | Okta | `https://{domain}/oauth2/default/v1/token` (a custom authorization server) | `scope` = a custom scope of that server | RFC Basic (default) or post |
+//!
+//! Keycloak (its default access tokens live 5 minutes):
+//!
+//! ```no_run
+//! # #[cfg(feature = "client")]
+//! # fn build() -> Result<(), docplanner_auth::Error> {
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use docplanner_auth::{client::https_client, BearerAuthLayer, ClientCredentials, TokenCache};
+//!
+//! let source = ClientCredentials::builder(
+//!     "https://sso.example.com/realms/acme/protocol/openid-connect/token",
+//!     "orders-service",
+//!     "client-secret",
+//! )
+//! .build(https_client::<Full<Bytes>>()?)?;
+//! let layer = BearerAuthLayer::new(TokenCache::new(source), "https://api.example.com")?;
+//! # let _ = layer; Ok(()) }
+//! ```
+//!
+//! Auth0:
+//!
+//! ```no_run
+//! # #[cfg(feature = "client")]
+//! # fn build() -> Result<(), docplanner_auth::Error> {
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use docplanner_auth::source::ClientAuth;
+//! use docplanner_auth::{client::https_client, ClientCredentials, TokenCache};
+//!
+//! let source = ClientCredentials::builder(
+//!     "https://acme.eu.auth0.com/oauth/token",
+//!     "client-id",
+//!     "client-secret",
+//! )
+//! .param("audience", "https://api.example.com")
+//! .client_auth(ClientAuth::Post)
+//! .build(https_client::<Full<Bytes>>()?)?;
+//! let cache = TokenCache::new(source);
+//! # let _ = cache; Ok(()) }
+//! ```
+//!
+//! Microsoft Entra ID:
+//!
+//! ```no_run
+//! # #[cfg(feature = "client")]
+//! # fn build() -> Result<(), docplanner_auth::Error> {
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use docplanner_auth::source::ClientAuth;
+//! use docplanner_auth::{client::https_client, ClientCredentials, TokenCache};
+//!
+//! let tenant = "00000000-0000-0000-0000-000000000000";
+//! let source = ClientCredentials::builder(
+//!     &format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"),
+//!     "application-client-id",
+//!     "client-secret-value",
+//! )
+//! .scope("https://graph.microsoft.com/.default")
+//! .client_auth(ClientAuth::Post)
+//! .build(https_client::<Full<Bytes>>()?)?;
+//! let cache = TokenCache::new(source);
+//! # let _ = cache; Ok(()) }
+//! ```
+//!
+//! Okta:
+//!
+//! ```no_run
+//! # #[cfg(feature = "client")]
+//! # fn build() -> Result<(), docplanner_auth::Error> {
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use docplanner_auth::{client::https_client, ClientCredentials, TokenCache};
+//!
+//! let source = ClientCredentials::builder(
+//!     "https://acme.okta.com/oauth2/default/v1/token",
+//!     "client-id",
+//!     "client-secret",
+//! )
+//! .scopes(["orders:read", "orders:write"])
+//! .build(https_client::<Full<Bytes>>()?)?;
+//! let cache = TokenCache::new(source);
+//! # let _ = cache; Ok(()) }
+//! ```
+//!
+//! To test against such a provider without a network, the `test-util` fake has a generic
+//! OAuth2 mode (token path, accepted client authentication, required parameters, `exp`
+//! floored to whole seconds) and a fallback service for your own API routes: see
+//! [`testing`].
+//!
 //! # A fleet of replicas
 //!
 //! Caches can share one token through a [`store::TokenStore`]: [`store::MemoryStore`] in
@@ -221,8 +332,9 @@
 //!                                 <-jitter-><- lead ->  <-margin->
 //! ```
 //!
-//! Defaults: lead 300 s (at most half the lifetime), jitter up to 60 s, margin 30 s (at most
-//! a tenth of the lifetime), token request timeout 10 s, backoff 1 s doubling to 30 s after
+//! Defaults: lead 300 s (at most a tenth of the lifetime, at least 2 s), jitter up to 60 s
+//! (at most a fortieth), margin 30 s (at most a twentieth, at least 1 s: servers floor a JWT
+//! `exp` to whole seconds), token request timeout 10 s, backoff 1 s doubling to 30 s after
 //! transient failures and 30 s doubling to 5 min after permanent ones, during which callers
 //! without a valid token fail fast. The [`cache`] module explains each, with its reason.
 //!

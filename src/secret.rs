@@ -20,11 +20,17 @@ impl Drop for Wiped {
     }
 }
 
+/// `bytes` as `Bytes` that are wiped when the last copy is dropped: for a request body
+/// holding a secret (`client_secret_post`).
+pub(crate) fn wiped_bytes(bytes: Vec<u8>) -> Bytes {
+    Bytes::from_owner(Wiped(bytes))
+}
+
 /// A header value holding a secret: marked sensitive (never HPACK-indexed, hidden by
 /// `Debug`), sharing `bytes` without copying them, and wiping them when the last copy of
 /// the header is dropped (or at once, when they are not a valid header value).
 pub(crate) fn sensitive_header(bytes: Vec<u8>) -> Result<HeaderValue, InvalidHeaderValue> {
-    let mut header = HeaderValue::from_maybe_shared(Bytes::from_owner(Wiped(bytes)))?;
+    let mut header = HeaderValue::from_maybe_shared(wiped_bytes(bytes))?;
     header.set_sensitive(true);
     Ok(header)
 }

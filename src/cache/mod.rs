@@ -214,6 +214,9 @@ impl TokenCache {
 
     /// A builder to tune the refresh policy, backoff and timeouts.
     pub fn builder(source: impl TokenSource) -> TokenCacheBuilder {
+        let name = source
+            .cache_name()
+            .map_or_else(|| "docplanner".to_owned(), str::to_owned);
         TokenCacheBuilder {
             source: Box::new(source),
             config: Config {
@@ -225,7 +228,7 @@ impl TokenCache {
                     DEFAULT_REJECTION_BACKOFF_CAP,
                 ),
             },
-            name: "docplanner".to_owned(),
+            name,
             store: None,
             store_timeout: DEFAULT_STORE_TIMEOUT,
         }
@@ -725,21 +728,23 @@ impl TokenCacheBuilder {
     }
 
     /// How long before a token stops being usable a background refresh starts
-    /// (default [`DEFAULT_REFRESH_LEAD`]; see [`RefreshPolicy`] for short tokens).
+    /// (default [`DEFAULT_REFRESH_LEAD`]), capped at a tenth of each token's lifetime (at
+    /// least 2 s) and at half of it.
     pub fn refresh_lead(mut self, lead: Duration) -> Self {
         self.config.policy.lead = lead;
         self
     }
 
     /// How long before its real expiry a token stops being sent
-    /// (default [`DEFAULT_EXPIRY_MARGIN`]; see [`RefreshPolicy`] for short tokens).
+    /// (default [`DEFAULT_EXPIRY_MARGIN`]), capped at a twentieth of each token's lifetime,
+    /// but at least 1 s (servers round a JWT `exp` down to whole seconds), and at half of it.
     pub fn expiry_margin(mut self, margin: Duration) -> Self {
         self.config.policy.margin = margin;
         self
     }
 
     /// The largest random amount by which a refresh moment is moved earlier
-    /// (default [`DEFAULT_REFRESH_JITTER`]; see [`RefreshPolicy`] for short tokens).
+    /// (default [`DEFAULT_REFRESH_JITTER`]), capped at a fortieth of each token's lifetime.
     pub fn refresh_jitter(mut self, jitter: Duration) -> Self {
         self.config.policy.jitter = jitter;
         self
@@ -768,8 +773,9 @@ impl TokenCacheBuilder {
         self
     }
 
-    /// The name of this cache in metrics and tracing (label `cache`); default
-    /// `docplanner`, and the market's domain for the caches of [`docplanner`](crate::docplanner).
+    /// The name of this cache in metrics and tracing (label `cache`); default: the
+    /// source's [`TokenSource::cache_name`] (the host, with a non-default port, of a
+    /// [`ClientCredentials`](crate::ClientCredentials) token URL), else `docplanner`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self

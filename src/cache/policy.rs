@@ -11,8 +11,10 @@ use tokio::time::Instant;
 /// the background.
 ///
 /// Five minutes is the order google-auth uses (stale 225 s before expiry) with room for
-/// several backed-off retries of a failing token endpoint before the token runs out. It
-/// is capped at half the token's lifetime (as huskarl does), so short tokens work.
+/// 14 to 24 attempts of a failing token endpoint before the token runs out.
+/// For short tokens it is scaled down to a tenth of the lifetime (at least 2 s), so that a
+/// token is renewed after at least 80 % of its life: at most 1.25 token requests per
+/// lifetime for any lifetime of a minute or more.
 pub const DEFAULT_REFRESH_LEAD: Duration = Duration::from_secs(300);
 
 /// Default expiry margin: 30 s before its real expiry a token is treated as expired and
@@ -21,14 +23,36 @@ pub const DEFAULT_REFRESH_LEAD: Duration = Duration::from_secs(300);
 /// It covers a request that leaves just before expiry and arrives just after, over a slow
 /// network (aws-smithy's identity cache uses 10 s; google-auth 180 s, because its clock
 /// may be skewed — ours is not: expiry is measured on our monotonic clock from the moment
-/// the token request was sent). Capped at a tenth of the lifetime for short tokens.
+/// the token request was sent). For short tokens it is scaled down to a twentieth of the
+/// lifetime, but never below 1 s: servers that write `exp` in whole seconds floor it, so a
+/// token may die up to 1 s before its `expires_in` says.
 pub const DEFAULT_EXPIRY_MARGIN: Duration = Duration::from_secs(30);
 
 /// Default refresh jitter: the refresh moment is moved earlier by a random amount up to
 /// 60 s, so that many clients or replicas holding tokens of the same age do not all
 /// refresh in the same instant (aws-smithy's lazy cache jitters its buffer the same way).
-/// Capped at a tenth of the lifetime.
+/// Scaled down to a fortieth of the lifetime for short tokens.
 pub const DEFAULT_REFRESH_JITTER: Duration = Duration::from_secs(60);
+
+/// The share of a token's lifetime the refresh lead may take: a tenth. With the margin
+/// (a twentieth) and the jitter (a fortieth), a token is renewed after at least 82.5 % of
+/// its life, 1.21 token requests per lifetime at worst.
+const LEAD_SHARE: u32 = 10;
+
+/// The shortest refresh lead the lifetime share may shrink to: 2 s, so that even a 10 s
+/// token leaves room for a retry of a failing endpoint before it is unusable (two attempts
+/// with the default backoff), at 1.48 token requests per lifetime.
+const MIN_LEAD: Duration = Duration::from_secs(2);
+
+/// The share of a token's lifetime the expiry margin may take: a twentieth.
+const MARGIN_SHARE: u32 = 20;
+
+/// The shortest expiry margin the lifetime share may shrink to: 1 s, the granularity of
+/// JWT `exp` (seconds since the epoch, floored by the server).
+const EXPIRY_GRANULARITY: Duration = Duration::from_secs(1);
+
+/// The share of a token's lifetime the jitter may take: a fortieth.
+const JITTER_SHARE: u32 = 40;
 
 /// The three states of a cached token at a given instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,11 +78,14 @@ pub(crate) enum Freshness {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RefreshPolicy {
-    /// How long before the token stops being usable a background refresh starts.
+    /// How long before the token stops being usable a background refresh starts (at most a
+    /// tenth of the token's lifetime, at least 2 s).
     pub lead: Duration,
-    /// How long before its real expiry a token stops being used.
+    /// How long before its real expiry a token stops being used (at most a twentieth of
+    /// the token's lifetime, at least 1 s).
     pub margin: Duration,
-    /// The largest random amount by which each refresh moment is moved earlier.
+    /// The largest random amount by which each refresh moment is moved earlier (at most a
+    /// fortieth of the token's lifetime).
     pub jitter: Duration,
 }
 
@@ -85,7 +112,14 @@ impl RefreshPolicy {
     /// The schedule of a token obtained at `obtained` that expires at `expires`;
     /// `jitter_fraction` in `[0, 1)` picks the point inside the jitter span.
     ///
-    /// Always `obtained <= refresh_at <= usable_until <= expires`.
+    /// Lead, margin and jitter are each capped by a share of the lifetime (a tenth but at
+    /// least 2 s, a twentieth but at least 1 s, a fortieth), and lead and margin by half
+    /// of it, so short tokens are renewed late in their life and never sent after a
+    /// whole-second `exp` floored by the server. Always
+    /// `obtained <= refresh_at <= usable_until <= expires`.
+    ///
+    /// A pure function of its inputs: a fleet may agree on one refresh moment by deriving
+    /// `jitter_fraction` from the token itself.
     pub(crate) fn schedule(
         &self,
         obtained: Instant,
@@ -93,11 +127,18 @@ impl RefreshPolicy {
         jitter_fraction: f64,
     ) -> Schedule {
         let lifetime = expires.saturating_duration_since(obtained);
-        let margin = self.margin.min(lifetime / 10);
-        let lead = self.lead.min(lifetime / 2);
+        let half = lifetime / 2;
+        let margin = self
+            .margin
+            .min((lifetime / MARGIN_SHARE).max(EXPIRY_GRANULARITY))
+            .min(half);
+        let lead = self
+            .lead
+            .min((lifetime / LEAD_SHARE).max(MIN_LEAD))
+            .min(half);
         let jitter = self
             .jitter
-            .min(lifetime / 10)
+            .min(lifetime / JITTER_SHARE)
             .mul_f64(jitter_fraction.clamp(0.0, 1.0));
         let usable_until = expires - margin;
         let usable_span = usable_until.saturating_duration_since(obtained);
@@ -255,9 +296,54 @@ mod tests {
     fn short_tokens_scale_down() {
         let t0 = Instant::now();
         let s = RefreshPolicy::default().schedule(t0, at(t0, 10.0), 0.0);
-        // margin 1 s (a tenth), lead 5 s (half)
+        // margin 1 s (the `exp` granularity beats a twentieth), lead 2 s (the floor beats
+        // a tenth)
         assert_eq!(s.usable_until, at(t0, 9.0));
-        assert_eq!(s.refresh_at, at(t0, 4.0));
+        assert_eq!(s.refresh_at, at(t0, 7.0));
+        let s = RefreshPolicy::default().schedule(t0, at(t0, 10.0), 1.0);
+        assert_eq!(s.refresh_at, at(t0, 6.75)); // jitter a fortieth
+        let s = RefreshPolicy::default().schedule(t0, at(t0, 300.0), 1.0);
+        // margin 15 s, lead 30 s, jitter 7.5 s
+        assert_eq!(s.usable_until, at(t0, 285.0));
+        assert_eq!(s.refresh_at, at(t0, 247.5));
+        // tiny tokens: lead and margin at most half the lifetime each
+        let s = RefreshPolicy::default().schedule(t0, at(t0, 1.0), 0.0);
+        assert_eq!(s.usable_until, at(t0, 0.5));
+        assert_eq!(s.refresh_at, t0);
+    }
+
+    /// The stale window (refresh moment to end of use) of the default policy, for the worst
+    /// jitter (none: the shortest window), and how many token requests fit in it when the
+    /// endpoint fails at once every time and the backoff waits its full nominal delay.
+    fn attempts_in_stale_window(lifetime: f64, backoff_fraction: f64) -> (f64, u32) {
+        let t0 = Instant::now();
+        let s = RefreshPolicy::default().schedule(t0, at(t0, lifetime), 0.0);
+        let window = s.usable_until - s.refresh_at;
+        let backoff = Backoff::default();
+        let (mut elapsed, mut attempts) = (Duration::ZERO, 0);
+        while elapsed < window {
+            attempts += 1;
+            elapsed += backoff.delay(attempts, false, None, backoff_fraction);
+        }
+        (window.as_secs_f64(), attempts)
+    }
+
+    #[test]
+    fn the_stale_window_leaves_room_for_retries() {
+        // (lifetime, stale window, attempts at the longest delays, at the shortest)
+        let expected = [
+            (10.0, 2.0, 2, 3),
+            (60.0, 6.0, 3, 4),
+            (300.0, 30.0, 5, 6),
+            (3600.0, 300.0, 14, 24),
+            (86400.0, 300.0, 14, 24),
+        ];
+        for (lifetime, window, slowest, fastest) in expected {
+            let (w, n) = attempts_in_stale_window(lifetime, 1.0);
+            assert_eq!((w, n), (window, slowest), "lifetime {lifetime}");
+            let (_, n) = attempts_in_stale_window(lifetime, 0.0);
+            assert_eq!(n, fastest, "lifetime {lifetime}");
+        }
     }
 
     #[test]
@@ -299,12 +385,31 @@ mod tests {
             // (and at most a tenth of the lifetime) earlier than without jitter
             let unjittered = policy.schedule(t0, expires, 0.0);
             let moved = unjittered.refresh_at - s.refresh_at;
-            prop_assert!(moved <= policy.jitter.min(Duration::from_millis(lifetime_ms) / 10));
+            prop_assert!(moved <= policy.jitter.min(Duration::from_millis(lifetime_ms) / 40));
             // never stale after expired, never fresh past expiry
             prop_assert_eq!(s.freshness(expires), Freshness::Expired);
             if s.refresh_at < s.usable_until {
                 prop_assert_eq!(s.freshness(s.refresh_at), Freshness::Stale);
             }
+        }
+
+        /// The default policy renews a token after at least 80 % of its life from a minute
+        /// up (at most 1.25 requests per lifetime) and two thirds from 10 s up (1.5), and
+        /// never uses one in its last second (a whole-second `exp` floored by the server).
+        #[test]
+        fn default_schedule_is_economical_and_safe(
+            lifetime_ms in 10_000u64..=86_400_000,
+            fraction in 0.0f64..1.0,
+        ) {
+            let t0 = Instant::now();
+            let lifetime = Duration::from_millis(lifetime_ms);
+            let s = RefreshPolicy::default().schedule(t0, t0 + lifetime, fraction);
+            let renewed_after = (s.refresh_at - t0).as_secs_f64() / lifetime.as_secs_f64();
+            if lifetime >= Duration::from_secs(60) {
+                prop_assert!(renewed_after >= 0.8, "{renewed_after}");
+            }
+            prop_assert!(renewed_after >= 2.0 / 3.0, "{renewed_after}");
+            prop_assert!(t0 + lifetime - s.usable_until >= EXPIRY_GRANULARITY);
         }
 
         #[test]

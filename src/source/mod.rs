@@ -37,13 +37,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-pub use self::client_credentials::{ClientCredentials, ClientCredentialsBuilder};
+pub use self::client_credentials::{ClientAuth, ClientCredentials, ClientCredentialsBuilder};
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub use self::reqwest::ReqwestClient;
 pub use self::shared_client::SharedClient;
 
-/// The scope Docplanner integrations ask for.
+/// The scope Docplanner integrations ask for: the default scope for Docplanner's token URLs
+/// (other providers get none unless asked).
 pub const DEFAULT_SCOPE: &str = "integration";
 #[doc(hidden)]
 pub use self::response::parse_token_response;
@@ -71,6 +72,14 @@ pub const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
 pub trait TokenSource: Send + Sync + 'static {
     /// Obtain a new token.
     fn fetch(&self) -> impl Future<Output = Result<AccessToken, BoxError>> + Send;
+
+    /// A name for the caches over this source (their metrics and tracing label `cache`)
+    /// when none is given; `None` (the default) leaves the cache's own default.
+    /// [`ClientCredentials`] answers its token URL's host, with the port if it is not
+    /// the default one.
+    fn cache_name(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl<F, Fut> TokenSource for F

@@ -10,19 +10,35 @@ use serde_json::{Map, Value};
 use super::DEFAULT_TOKEN_LIFETIME;
 use crate::error::{is_transient_status, scrub, Error, Kind};
 
-/// Who answered, for messages: the token endpoint's host and the secrets that must never
-/// appear in a message even if the server echoes them.
+/// Who answered, for messages: the token endpoint's host (and port, if not the default),
+/// whether it is Docplanner's, and the secrets that must never appear in a message even if
+/// the server echoes them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Context<'a> {
     pub(crate) host: &'a str,
+    pub(crate) docplanner: bool,
     pub(crate) scope: &'a str,
     pub(crate) secrets: [&'a str; 1],
 }
 
 impl Context<'_> {
-    /// The market's domain, for "check the client id and secret for doctoralia.es".
+    /// The market's domain for Docplanner ("check the client id and secret for
+    /// doctoralia.es"), the host (and port) for anyone else.
     fn domain(&self) -> &str {
-        self.host.strip_prefix("www.").unwrap_or(self.host)
+        if self.docplanner {
+            self.host.strip_prefix("www.").unwrap_or(self.host)
+        } else {
+            self.host
+        }
+    }
+
+    /// Who can fix the server's side: "Docplanner", or the provider's administrator.
+    fn who(&self) -> &'static str {
+        if self.docplanner {
+            "Docplanner"
+        } else {
+            "the provider's administrator"
+        }
     }
 }
 
@@ -41,6 +57,7 @@ pub fn parse_token_response(
         body,
         &Context {
             host: "token.example",
+            docplanner: false,
             scope: "integration",
             secrets: [""],
         },
@@ -179,15 +196,25 @@ fn oauth_error(
     let advice = match code.as_str() {
         "invalid_client" => format!("check the client id and secret for {domain}"),
         "unauthorized_client" => format!(
-            "this client may not use the client-credentials grant on {domain}: ask Docplanner \
-             to enable it"
+            "this client may not use the client-credentials grant on {domain}: ask {} to \
+             enable it",
+            cx.who()
         ),
-        "invalid_scope" if cx.scope == super::DEFAULT_SCOPE => format!(
+        "invalid_scope" if cx.docplanner && cx.scope == super::DEFAULT_SCOPE => format!(
             "the scope `integration` was refused: ask Docplanner to enable integrations for \
              this client on {domain}"
         ),
-        "invalid_scope" => format!(
+        "invalid_scope" if cx.docplanner => format!(
             "the scope `{}` was refused: Docplanner integrations use the scope `integration`",
+            cx.scope
+        ),
+        "invalid_scope" if cx.scope.is_empty() => format!(
+            "no scope was sent and {domain} wants one: set it with \
+             ClientCredentialsBuilder::scope"
+        ),
+        "invalid_scope" => format!(
+            "the scope `{}` was refused by {domain}: set the scopes this client may ask for \
+             with ClientCredentialsBuilder::scope (or none with no_scope)",
             cx.scope
         ),
         "invalid_request" | "unsupported_grant_type" | "invalid_grant" => {
@@ -229,19 +256,31 @@ fn status_error(status: StatusCode, headers: &HeaderMap, cx: &Context<'_>) -> Er
             ),
             None => "token requests are rate limited; retrying with backoff".to_owned(),
         },
-        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED if cx.docplanner => {
             "check the token URL (it should end in /oauth/v2/token)".to_owned()
         }
-        s if s.is_redirection() => {
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
+            "check the token URL (the provider's token endpoint, as its discovery document \
+             names it)"
+                .to_owned()
+        }
+        s if s.is_redirection() && cx.docplanner => {
             "the token URL redirects: use the https://www.<domain>/oauth/v2/token URL".to_owned()
         }
-        s if is_transient_status(s) => match delay {
-            Some(d) => format!(
-                "a problem on Docplanner's side; retrying in {}s",
-                d.as_secs()
-            ),
-            None => "a problem on Docplanner's side; retrying with backoff".to_owned(),
-        },
+        s if s.is_redirection() => {
+            "the token URL redirects: use the URL it redirects to".to_owned()
+        }
+        s if is_transient_status(s) => {
+            let side = if cx.docplanner {
+                "Docplanner's side"
+            } else {
+                "the token endpoint's side"
+            };
+            match delay {
+                Some(d) => format!("a problem on {side}; retrying in {}s", d.as_secs()),
+                None => format!("a problem on {side}; retrying with backoff"),
+            }
+        }
         _ => "the token request was refused".to_owned(),
     };
     Error::new(

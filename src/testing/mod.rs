@@ -17,7 +17,49 @@
 //!
 //! Counters ([`FakeDocplanner::stats`]) and switches (token lifetime, revocation, token
 //! endpoint faults, an API that answers 401 to everything) make every behaviour of the
-//! client observable.
+//! client observable; [`FakeDocplanner::token_requests_seen`] shows what each token request
+//! carried (client authentication, form fields).
+//!
+//! # Any OAuth2 provider
+//!
+//! [`FakeDocplannerBuilder::oauth2`] turns the token endpoint into a generic RFC 6749
+//! server (path `/token`, RFC Basic or `client_secret_post`, no scope required, `exp`
+//! floored to whole seconds as a JWT's is), and [`token_path`](FakeDocplannerBuilder::token_path),
+//! [`client_auth`](FakeDocplannerBuilder::client_auth),
+//! [`require_param`](FakeDocplannerBuilder::require_param) and
+//! [`exp_granularity`](FakeDocplannerBuilder::exp_granularity) shape it like Keycloak,
+//! Auth0, Entra ID or Okta. [`FakeDocplannerBuilder::fallback`] answers any other path with
+//! a service of your own, behind the fake's bearer-token check, to fixture your own API:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use docplanner_auth::source::ClientAuth;
+//! use docplanner_auth::testing::FakeDocplanner;
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), docplanner_auth::BoxError> {
+//! let orders = tower::service_fn(|_request: http::Request<Full<Bytes>>| async {
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from("[]"))))
+//! });
+//! let fake = FakeDocplanner::builder()
+//!     .oauth2()
+//!     .token_path("/oauth2/default/v1/token")
+//!     .client_auth(&[ClientAuth::Post])
+//!     .require_param("scope", "orders:read")
+//!     .fallback(orders)
+//!     .start()
+//!     .await?;
+//! let client = fake.authenticated_client::<Full<Bytes>>()?;
+//! let request = http::Request::get(format!("{}/orders", fake.base_url()))
+//!     .body(Full::new(Bytes::new()))?;
+//! assert_eq!(client.oneshot(request).await?.status(), 200);
+//! let seen = &fake.token_requests_seen()[0];
+//! assert_eq!(seen.authenticated_with, Some(ClientAuth::Post));
+//! assert_eq!(seen.field("scope"), Some("orders:read"));
+//! # Ok(()) }
+//! ```
 //!
 //! # Example
 //!
@@ -40,6 +82,7 @@
 //! # Ok(()) }
 //! ```
 
+mod provider;
 mod routes;
 mod server;
 
@@ -59,10 +102,13 @@ use http_body_util::Full;
 use tokio::task::JoinHandle;
 use tower_service::Service;
 
+pub use self::provider::TokenRequestSeen;
+use self::provider::{Fallback, Rules};
 pub use self::routes::{FakeBody, FakeStats, TokenFault};
-use self::routes::{State, API_PREFIX, TOKEN_PATH};
+use self::routes::{State, API_PREFIX};
 use crate::client::{HttpsClient, HttpsClientBuilder, Proxy};
 use crate::error::BoxError;
+use crate::source::ClientAuth;
 use crate::{BearerAuth, BearerAuthLayer, ClientCredentials, ReplayBody, TokenCache};
 
 /// The host the in-process fake pretends to be.
@@ -86,6 +132,8 @@ pub struct FakeDocplannerBuilder {
     client_id: String,
     client_secret: String,
     lifetime: Duration,
+    rules: Rules,
+    fallback: Option<Fallback>,
 }
 
 impl FakeDocplanner {
@@ -96,12 +144,21 @@ impl FakeDocplanner {
             client_id: "fake-client-id".to_owned(),
             client_secret: "fake-client-secret".to_owned(),
             lifetime: Duration::from_secs(3600),
+            rules: Rules::docplanner(),
+            fallback: None,
         }
     }
 
-    /// The token URL, `https://…/oauth/v2/token`.
+    /// The token URL, `https://…/oauth/v2/token` (or the
+    /// [`token_path`](FakeDocplannerBuilder::token_path) given).
     pub fn token_url(&self) -> String {
-        format!("{}{TOKEN_PATH}", self.origin)
+        format!("{}{}", self.origin, self.state.rules.token_path)
+    }
+
+    /// The origin, `https://host:port`, without a trailing slash: the base of the routes
+    /// answered by the [`fallback`](FakeDocplannerBuilder::fallback).
+    pub fn base_url(&self) -> String {
+        self.origin.clone()
     }
 
     /// The API base, `https://…/api/v3/integration`.
@@ -167,19 +224,38 @@ impl FakeDocplanner {
         Ok(TokenCache::builder(self.credentials()?).name("fake-docplanner"))
     }
 
-    /// The client-credentials source for this fake, boxed so both transports share a type.
+    /// The client-credentials source for this fake, boxed so both transports share a type:
+    /// Docplanner's defaults in Docplanner mode; in [`oauth2`](FakeDocplannerBuilder::oauth2)
+    /// mode, the first accepted client authentication and the required parameters (the
+    /// `scope` one as the scope).
     pub fn credentials(&self) -> Result<ClientCredentials<FakeTransport>, BoxError> {
         let transport = if self.certificate.is_some() {
             FakeTransport::Https(Box::new(self.client()?))
         } else {
             FakeTransport::InProcess(self.service())
         };
-        Ok(ClientCredentials::new(
-            transport,
-            &self.token_url(),
-            self.client_id(),
-            self.client_secret(),
-        )?)
+        let rules = &self.state.rules;
+        let mut builder =
+            ClientCredentials::builder(&self.token_url(), self.client_id(), self.client_secret());
+        if rules.docplanner {
+            builder = builder.docplanner();
+        }
+        if let Some(auth) = rules.client_auth.first() {
+            builder = builder.client_auth(*auth);
+        }
+        for (name, value) in &rules.required {
+            builder = match name.as_str() {
+                "scope" => builder.scope(value),
+                _ => builder.param(name, value),
+            };
+        }
+        Ok(builder.build(transport)?)
+    }
+
+    /// Every token request received so far, as received (in order; faults included once
+    /// they reached the credentials check).
+    pub fn token_requests_seen(&self) -> Vec<TokenRequestSeen> {
+        self.state.token_requests_seen()
     }
 
     /// A layer authenticating requests to this fake's API with `cache`.
@@ -307,11 +383,75 @@ impl FakeDocplannerBuilder {
         self
     }
 
+    /// Play a generic RFC 6749 token endpoint instead of Docplanner's: path `/token`,
+    /// client authentication by RFC 6749 Basic (id and secret form-urlencoded) or
+    /// `client_secret_post`, no scope required, `invalid_client` answered 401, and `exp`
+    /// floored to whole seconds (a token may die up to 1 s before its `expires_in` says).
+    /// Call it first: the settings below refine it.
+    pub fn oauth2(mut self) -> Self {
+        self.rules = Rules::generic();
+        self
+    }
+
+    /// The token endpoint's path (default `/oauth/v2/token`; `/token` in
+    /// [`oauth2`](Self::oauth2) mode).
+    pub fn token_path(mut self, path: &str) -> Self {
+        path.clone_into(&mut self.rules.token_path);
+        self
+    }
+
+    /// The client-authentication methods the token endpoint accepts; the first is the one
+    /// [`FakeDocplanner::credentials`] uses. Default: Basic as given (Docplanner), or RFC
+    /// Basic and `client_secret_post` ([`oauth2`](Self::oauth2) mode).
+    pub fn client_auth(mut self, accepted: &[ClientAuth]) -> Self {
+        self.rules.client_auth = accepted.to_vec();
+        self
+    }
+
+    /// A form parameter every token request must carry with exactly this value (compared
+    /// after decoding); `scope` is answered `invalid_scope`, others `invalid_request`.
+    /// Docplanner mode requires `scope=integration`; [`oauth2`](Self::oauth2) mode starts
+    /// with none.
+    pub fn require_param(mut self, name: &str, value: &str) -> Self {
+        self.rules.required.retain(|(n, _)| n != name);
+        self.rules
+            .required
+            .push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Issued tokens expire at their issue time floored to this granularity (counted from
+    /// the fake's start) plus their lifetime, as a server writing a JWT `exp` in whole
+    /// seconds does. Default: exact (`Duration::ZERO`) for Docplanner, 1 s in
+    /// [`oauth2`](Self::oauth2) mode.
+    pub fn exp_granularity(mut self, granularity: Duration) -> Self {
+        self.rules.exp_granularity = granularity;
+        self
+    }
+
+    /// Answer every path that is neither the token endpoint nor the fake's API with
+    /// `service`, after the same bearer-token check as the API (requests without a valid
+    /// token get the 401 and never reach it; the others count as API requests). The
+    /// request body is collected first; use it to fixture your own API.
+    pub fn fallback<S, RB>(mut self, service: S) -> Self
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError>,
+        RB: Body<Data = Bytes> + Send + 'static,
+        RB::Error: Into<BoxError>,
+    {
+        self.fallback = Some(Fallback::new(service));
+        self
+    }
+
     fn state(&self) -> Arc<State> {
         Arc::new(State::new(
             self.client_id.clone(),
             self.client_secret.clone(),
             self.lifetime,
+            self.rules.clone(),
+            self.fallback.clone(),
         ))
     }
 

@@ -1,4 +1,5 @@
-//! What the fake Docplanner answers: the token endpoint, two API routes, counters, faults.
+//! What the fake Docplanner answers: the token endpoint (by the [`Rules`] of its mode), two
+//! API routes and the user's fallback behind the bearer check, counters, faults.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -8,15 +9,15 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::{Buf, Bytes};
 use http::header::{AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt as _;
+use http_body_util::{BodyExt as _, Full};
 use serde_json::json;
 use tokio::time::Instant;
 
+use super::provider::{Fallback, Rules, TokenRequestSeen};
 use crate::error::BoxError;
 
 /// How the next token request(s) should fail.
@@ -139,20 +140,34 @@ pub(crate) struct State {
     faults: Mutex<Faults>,
     counters: Counters,
     pub(crate) https_port: AtomicU64,
+    pub(crate) rules: Rules,
+    /// The fake's start, from which whole-second `exp` values are counted.
+    epoch: Instant,
+    seen: Mutex<Vec<TokenRequestSeen>>,
+    fallback: Option<Fallback>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-pub(crate) const TOKEN_PATH: &str = "/oauth/v2/token";
 pub(crate) const API_PREFIX: &str = "/api/v3/integration";
 const API_JSON: &str = "application/vnd.docplanner+json; charset=UTF-8";
 const API_ERROR: &str = "application/vnd.error+docplanner+json";
 
 impl State {
-    pub(crate) fn new(client_id: String, client_secret: String, lifetime: Duration) -> Self {
+    pub(crate) fn new(
+        client_id: String,
+        client_secret: String,
+        lifetime: Duration,
+        rules: Rules,
+        fallback: Option<Fallback>,
+    ) -> Self {
         Self {
+            rules,
+            epoch: Instant::now(),
+            seen: Mutex::new(Vec::new()),
+            fallback,
             client_id,
             client_secret,
             lifetime: Mutex::new(lifetime),
@@ -214,6 +229,10 @@ impl State {
         bump(&self.counters.https_connections);
     }
 
+    pub(crate) fn token_requests_seen(&self) -> Vec<TokenRequestSeen> {
+        lock(&self.seen).clone()
+    }
+
     pub(crate) fn stats(&self) -> FakeStats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -250,17 +269,33 @@ impl State {
             Err(_) => return Ok(text(StatusCode::BAD_REQUEST, "request body broke")),
         };
         let path = parts.uri.path();
-        if path == TOKEN_PATH {
+        if path == self.rules.token_path {
             return self.token(&parts.method, &parts.headers, &body).await;
         }
-        if let Some(route) = path.strip_prefix(API_PREFIX) {
-            let latency = *lock(&self.api_latency);
-            if !latency.is_zero() {
-                tokio::time::sleep(latency).await;
-            }
-            return Ok(self.api(&parts.method, route, &parts.headers, &body));
+        let route = path.strip_prefix(API_PREFIX);
+        if route.is_none() && self.fallback.is_none() {
+            return Ok(api_error(StatusCode::NOT_FOUND, "No route found"));
         }
-        Ok(api_error(StatusCode::NOT_FOUND, "No route found"))
+        let latency = *lock(&self.api_latency);
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        if let Some(refused) = self.refusal(&parts.headers) {
+            return Ok(refused);
+        }
+        let response = match (route, &self.fallback) {
+            (Some(route), _) => self.api(&parts.method, route, &body),
+            (None, Some(fallback)) => {
+                fallback
+                    .call(Request::from_parts(parts, Full::new(body)))
+                    .await
+            }
+            (None, None) => api_error(StatusCode::NOT_FOUND, "No route found"),
+        };
+        if response.status().is_success() {
+            bump(&self.counters.api_ok);
+        }
+        Ok(response)
     }
 
     /// The plain-http listener: a redirect to https, as the real site does.
@@ -346,11 +381,24 @@ impl State {
                 "Use POST",
             );
         }
-        if !self.basic_auth_ok(headers) {
-            return invalid_client(StatusCode::BAD_REQUEST);
+        let mut seen = TokenRequestSeen::parse(headers, body);
+        let authenticated = self
+            .rules
+            .authenticate(&seen, &self.client_id, &self.client_secret);
+        seen.authenticated_with = authenticated.ok().flatten();
+        lock(&self.seen).push(seen.clone());
+        match authenticated {
+            Ok(Some(_)) => {}
+            Ok(None) => return invalid_client(self.rules.invalid_client),
+            Err(()) => {
+                return oauth(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "The request utilizes more than one mechanism for authenticating the client",
+                )
+            }
         }
-        let form: HashMap<String, String> = form_pairs(body);
-        match form.get("grant_type").map(String::as_str) {
+        match seen.field("grant_type") {
             Some("client_credentials") => {}
             Some(_) => {
                 return oauth(
@@ -367,12 +415,22 @@ impl State {
                 )
             }
         }
-        if form.get("scope").map(String::as_str) != Some("integration") {
-            return oauth(
-                StatusCode::BAD_REQUEST,
-                "invalid_scope",
-                "An unsupported scope was requested.",
-            );
+        match self.rules.missing(&seen) {
+            None => {}
+            Some("scope") => {
+                return oauth(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_scope",
+                    "An unsupported scope was requested.",
+                )
+            }
+            Some(name) => {
+                return oauth(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    &format!("Missing or wrong parameter {name}"),
+                )
+            }
         }
         let lifetime = *lock(&self.lifetime);
         let now = Instant::now();
@@ -388,7 +446,7 @@ impl State {
         lock(&self.tokens).insert(
             token.clone(),
             Issued {
-                expires_at: now + lifetime,
+                expires_at: self.rules.expiry(self.epoch, now, lifetime),
                 revoked: false,
             },
         );
@@ -403,27 +461,8 @@ impl State {
         with_type(StatusCode::OK, "application/json", body.to_string().into())
     }
 
-    fn basic_auth_ok(&self, headers: &http::HeaderMap) -> bool {
-        let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
-            return false;
-        };
-        let Some(encoded) = value.strip_prefix("Basic ") else {
-            return false;
-        };
-        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
-            return false;
-        };
-        let expected = format!("{}:{}", self.client_id, self.client_secret);
-        decoded == expected.as_bytes()
-    }
-
-    fn api(
-        &self,
-        method: &Method,
-        route: &str,
-        headers: &http::HeaderMap,
-        body: &[u8],
-    ) -> Response<FakeBody> {
+    /// The bearer check in front of the API routes and the fallback: the 401, if refused.
+    fn refusal(&self, headers: &http::HeaderMap) -> Option<Response<FakeBody>> {
         bump(&self.counters.api_requests);
         let bearer = headers
             .get(AUTHORIZATION)
@@ -431,9 +470,9 @@ impl State {
             .and_then(|v| v.strip_prefix("Bearer "));
         let Some(token) = bearer else {
             bump(&self.counters.api_no_token);
-            return unauthorized(
+            return Some(unauthorized(
                 json!({"message": "Authentication credentials could not be found."}),
-            );
+            ));
         };
         let verdict = {
             let tokens = lock(&self.tokens);
@@ -448,17 +487,24 @@ impl State {
         };
         if let Err(counter) = verdict {
             bump(counter);
-            return unauthorized(json!({
+            return Some(unauthorized(json!({
                 "error": "invalid_grant",
                 "error_description": "The access token provided has expired.",
-            }));
+            })));
         }
         if self.always_401.load(Ordering::Relaxed) {
             bump(&self.counters.api_forced_401);
-            return unauthorized(json!({"message": "You are not allowed to see this facility."}));
+            return Some(unauthorized(
+                json!({"message": "You are not allowed to see this facility."}),
+            ));
         }
+        None
+    }
+
+    /// The two API routes, for a request that passed [`refusal`](Self::refusal).
+    fn api(&self, method: &Method, route: &str, body: &[u8]) -> Response<FakeBody> {
         let segments: Vec<&str> = route.trim_matches('/').split('/').collect();
-        let response = match (method, segments.as_slice()) {
+        match (method, segments.as_slice()) {
             (&Method::GET, ["facilities"]) => with_type(
                 StatusCode::OK,
                 API_JSON,
@@ -483,20 +529,8 @@ impl State {
                 _ => api_error(StatusCode::BAD_REQUEST, "Request body is not a JSON object"),
             },
             _ => api_error(StatusCode::NOT_FOUND, "No route found"),
-        };
-        if response.status().is_success() {
-            bump(&self.counters.api_ok);
         }
-        response
     }
-}
-
-fn form_pairs(body: &[u8]) -> HashMap<String, String> {
-    String::from_utf8_lossy(body)
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.replace('+', " ")))
-        .collect()
 }
 
 fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<FakeBody> {
@@ -552,7 +586,7 @@ pub struct FakeBody {
 }
 
 impl FakeBody {
-    fn full(data: Bytes) -> Self {
+    pub(crate) fn full(data: Bytes) -> Self {
         Self {
             data: Some(data),
             broken: false,

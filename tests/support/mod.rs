@@ -165,12 +165,15 @@ pub fn fake_roots(fake: &FakeDocplanner) -> docplanner_auth::rustls::RootCertSto
 
 /// The fake's client-credentials grant over `http` (any client).
 pub fn grant_over<C>(fake: &FakeDocplanner, http: C) -> docplanner_auth::ClientCredentials<C> {
-    docplanner_auth::ClientCredentials::new(
-        http,
+    // The fake's 127.0.0.1 token URL is not one of Docplanner's hosts: ask for
+    // Docplanner's scope explicitly, as a user of a custom endpoint would.
+    docplanner_auth::ClientCredentials::builder(
         &fake.token_url(),
         fake.client_id(),
         fake.client_secret(),
     )
+    .scope("integration")
+    .build(http)
     .unwrap()
 }
 
