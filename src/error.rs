@@ -49,7 +49,7 @@ struct Inner {
     kind: Kind,
     message: String,
     retry_after: Option<Duration>,
-    source: Option<BoxError>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +66,12 @@ pub(crate) enum Kind {
     InvalidResponse,
     /// The refresh task ended without an answer (runtime shutting down, or it panicked).
     RefreshAborted,
+    /// A custom token source failed in a way retrying soon may fix ([`Error::transient`]).
+    SourceTransient,
+    /// A custom token source failed in a way that needs a person ([`Error::permanent`]).
+    SourcePermanent,
+    /// A custom token source's credentials were rejected ([`Error::credentials`]).
+    SourceCredentials,
     /// A request was refused because its URI is not `https`.
     InsecureScheme,
     /// A request was refused because its host is not a configured API host.
@@ -94,7 +100,7 @@ impl Error {
                 kind,
                 message: message.into(),
                 retry_after: None,
-                source: Some(source),
+                source: Some(Arc::from(source)),
             }),
         }
     }
@@ -116,13 +122,63 @@ impl Error {
         Self::new(Kind::Config, message)
     }
 
-    /// Attach the delay the server asked for (`Retry-After`). Only called while building
-    /// a fresh error, when the `Arc` is still unique.
+    /// Attach the delay the server asked for (`Retry-After`).
     pub(crate) fn retrying_after(mut self, delay: Option<Duration>) -> Self {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.retry_after = delay;
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.retry_after = delay,
+            None => {
+                let inner = &self.inner;
+                self.inner = Arc::new(Inner {
+                    kind: inner.kind.clone(),
+                    message: inner.message.clone(),
+                    retry_after: delay,
+                    source: inner.source.clone(),
+                });
+            }
         }
         self
+    }
+
+    /// For a [`TokenSource`](crate::TokenSource) of your own: a failure that retrying soon
+    /// may fix (a 5xx, a timeout, a connection error). The cache backs off
+    /// ([`Backoff::base`](crate::cache::Backoff::base), doubling) and retries by itself.
+    /// `message` is shown as it is: never put a secret in it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use docplanner_auth::{BoxError, Error, TokenCache};
+    ///
+    /// let cache = TokenCache::new(|| async {
+    ///     // ... your own token request answered 503 with `Retry-After: 7`:
+    ///     Err::<docplanner_auth::AccessToken, BoxError>(
+    ///         Error::transient("the vault answered 503").with_retry_after(Duration::from_secs(7)).into(),
+    ///     )
+    /// });
+    /// # let _ = cache;
+    /// ```
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::new(Kind::SourceTransient, message)
+    }
+
+    /// For a [`TokenSource`](crate::TokenSource) of your own: a failure that needs a
+    /// person (a malformed answer, a scope the client may not use). The cache backs off
+    /// slowly ([`Backoff::permanent_base`](crate::cache::Backoff::permanent_base),
+    /// doubling), so a fix is picked up without a restart and nothing is hammered.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::new(Kind::SourcePermanent, message)
+    }
+
+    /// For a [`TokenSource`](crate::TokenSource) of your own: the credentials were
+    /// rejected. Permanent (backed off slowly, like [`permanent`](Self::permanent)), and
+    /// [`is_credentials`](Self::is_credentials).
+    pub fn credentials(message: impl Into<String>) -> Self {
+        Self::new(Kind::SourceCredentials, message)
+    }
+
+    /// The same error, with the delay the token endpoint asked for before the next attempt
+    /// (a floor for the backoff, up to [`MAX_RETRY_AFTER`](crate::cache::MAX_RETRY_AFTER)).
+    pub fn with_retry_after(self, delay: Duration) -> Self {
+        self.retrying_after(Some(delay))
     }
 
     /// The error happened while obtaining a token from the token endpoint (as opposed to
@@ -136,6 +192,9 @@ impl Error {
                 | Kind::Transport
                 | Kind::InvalidResponse
                 | Kind::RefreshAborted
+                | Kind::SourceTransient
+                | Kind::SourcePermanent
+                | Kind::SourceCredentials
         )
     }
 
@@ -144,7 +203,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match &self.inner.kind {
             Kind::Status(status) | Kind::OAuth { status, .. } => is_transient_status(*status),
-            Kind::Timeout | Kind::Transport | Kind::RefreshAborted => true,
+            Kind::Timeout | Kind::Transport | Kind::RefreshAborted | Kind::SourceTransient => true,
             _ => false,
         }
     }
@@ -165,6 +224,7 @@ impl Error {
                     || *status == StatusCode::UNAUTHORIZED
             }
             Kind::Status(status) => *status == StatusCode::UNAUTHORIZED,
+            Kind::SourceCredentials => true,
             _ => false,
         }
     }

@@ -7,11 +7,11 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use docplanner_auth::cache::RefreshPolicy;
+use docplanner_auth::cache::{RefreshPolicy, TokenState};
 use docplanner_auth::testing::{FakeDocplanner, TokenFault};
 use docplanner_auth::{AccessToken, BoxError, TokenCache};
 use http::StatusCode;
-use support::{in_process, in_process_with, status};
+use support::{in_process, in_process_with, status, status as status_of};
 use tokio::time::{advance, Instant};
 
 /// Refresh exactly at expiry: no lead, margin or jitter, to check `expires_in` to the second.
@@ -351,4 +351,117 @@ async fn short_lived_tokens_are_refreshed_in_the_background() {
         fake.token_requests - 1,
         "nobody waited"
     );
+}
+
+/// A source of one's own that fails the way `failure(call)` says; counts its calls.
+fn failing_source(
+    failure: impl Fn(u32) -> docplanner_auth::Error + Send + Sync + 'static,
+) -> (TokenCache, Arc<std::sync::atomic::AtomicU32>) {
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = Arc::clone(&calls);
+    let failure = Arc::new(failure);
+    let mut backoff = docplanner_auth::cache::Backoff::default();
+    backoff.jitter = 0.0;
+    let cache = TokenCache::builder(move || {
+        let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let failure = Arc::clone(&failure);
+        async move { Err::<AccessToken, BoxError>(failure(n).into()) }
+    })
+    .backoff(backoff)
+    .build();
+    (cache, calls)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_custom_source_says_whether_its_failure_is_transient_or_needs_a_person() {
+    use std::sync::atomic::Ordering::SeqCst;
+    // Rejected credentials: permanent, backed off 30 s (not retried every second).
+    let (cache, calls) =
+        failing_source(|_| docplanner_auth::Error::credentials("the vault refused client 7"));
+    let error = cache.token().await.unwrap_err();
+    assert!(error.is_credentials() && error.is_permanent() && !error.is_transient());
+    assert_eq!(error.to_string(), "the vault refused client 7");
+    advance(Duration::from_secs(29)).await;
+    assert!(cache.token().await.is_err());
+    assert_eq!(
+        calls.load(SeqCst),
+        1,
+        "no retry inside the permanent backoff"
+    );
+    advance(Duration::from_secs(1)).await;
+    assert!(cache.token().await.is_err());
+    assert_eq!(calls.load(SeqCst), 2);
+
+    // A transient failure with a retry-after: the floor of the next attempt.
+    let (cache, calls) = failing_source(|_| {
+        docplanner_auth::Error::transient("the vault answered 503")
+            .with_retry_after(Duration::from_secs(7))
+    });
+    let error = cache.token().await.unwrap_err();
+    assert!(error.is_transient() && !error.is_permanent());
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(7)));
+    advance(Duration::from_secs(6)).await;
+    assert!(cache.token().await.is_err());
+    assert_eq!(calls.load(SeqCst), 1, "retry-after honoured");
+    advance(Duration::from_secs(1)).await;
+    assert!(cache.token().await.is_err());
+    assert_eq!(calls.load(SeqCst), 2);
+
+    // Plain transient: retried after the first backoff step, 1 s.
+    let (cache, calls) = failing_source(|_| docplanner_auth::Error::transient("flaky"));
+    assert!(cache.token().await.is_err());
+    advance(Duration::from_secs(1)).await;
+    assert!(cache.token().await.is_err());
+    assert_eq!(calls.load(SeqCst), 2);
+    assert_eq!(cache.status().consecutive_failures, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_follows_the_token_through_its_life() {
+    let s = in_process_with(
+        FakeDocplanner::builder()
+            .token_lifetime(Duration::from_secs(3600))
+            .in_process(),
+        |b| b.refresh_policy(exact()),
+    );
+    let status = s.cache.status();
+    assert_eq!(status.state, TokenState::Empty);
+    assert!(!status.is_usable() && status.expires_in.is_none());
+
+    assert_eq!(status_of(s.get().await).await, StatusCode::OK);
+    let status = s.cache.status();
+    assert_eq!(status.state, TokenState::Fresh);
+    assert_eq!(status.expires_in, Some(Duration::from_secs(3600)));
+
+    // A 401 while the endpoint fails: suspect, still usable, the error and backoff shown.
+    s.fake.fail_all_token_requests(TokenFault::Status {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        retry_after: Some(20),
+    });
+    s.fake.set_api_always_401(true);
+    assert_eq!(status_of(s.get().await).await, StatusCode::UNAUTHORIZED);
+    s.fake.set_api_always_401(false);
+    let status = s.cache.status();
+    assert_eq!(status.state, TokenState::Suspect);
+    assert!(status.is_usable());
+    assert_eq!(status.consecutive_failures, 1);
+    assert_eq!(status.backing_off_for, Some(Duration::from_secs(20)));
+    let error = status.last_error.unwrap();
+    assert_eq!(error.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+
+    // Past its usable lifetime with the endpoint still down: backing off, not usable.
+    advance(Duration::from_secs(3600)).await;
+    assert!(s.get().await.is_err());
+    let status = s.cache.status();
+    assert_eq!(status.state, TokenState::BackingOff);
+    assert!(!status.is_usable());
+
+    // The endpoint heals: fresh again after the backoff.
+    s.fake.clear_token_faults();
+    advance(Duration::from_secs(60)).await;
+    assert_eq!(status_of(s.get().await).await, StatusCode::OK);
+    let status = s.cache.status();
+    assert_eq!(status.state, TokenState::Fresh);
+    assert_eq!(status.consecutive_failures, 0);
+    assert!(status.last_error.is_none() && status.backing_off_for.is_none());
 }
