@@ -12,7 +12,7 @@
 use docplanner_auth::docplanner::{Credentials, ENV_CLIENT_ID, ENV_CLIENT_SECRET, ENV_DOMAIN};
 use docplanner_auth::reqwest::BearerAuthMiddleware;
 use docplanner_auth::testing::FakeDocplanner;
-use docplanner_auth::{BoxError, TokenCache};
+use docplanner_auth::BoxError;
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
@@ -32,9 +32,11 @@ async fn main() -> Result<(), BoxError> {
             "Calling the real Docplanner API of {} ({api_base}).",
             credentials.domain()
         );
-        // The operating system's roots (reqwest's platform verifier).
-        let http = reqwest::Client::builder().build()?;
-        return get_facilities(http, credentials.cache()?, &api_base).await;
+        let auth = BearerAuthMiddleware::new(credentials.cache()?, &api_base)?;
+        // Redirects never leave the API; the operating system's roots (reqwest's platform
+        // verifier).
+        let http = auth.client_builder().build()?;
+        return get_facilities(http, auth, &api_base).await;
     }
 
     println!("No DOCPLANNER_* credentials set: calling a fake Docplanner on 127.0.0.1 instead.");
@@ -42,10 +44,13 @@ async fn main() -> Result<(), BoxError> {
     let certificate = fake
         .certificate_der()
         .ok_or("the fake has no certificate")?;
-    let http = reqwest::Client::builder()
+    let auth = BearerAuthMiddleware::new(fake.cache()?, &fake.api_base())?;
+    // Redirects never leave the API; only the fake's certificate is trusted.
+    let http = auth
+        .client_builder()
         .tls_certs_only([reqwest::Certificate::from_der(certificate)?])
         .build()?;
-    get_facilities(http, fake.cache()?, &fake.api_base()).await?;
+    get_facilities(http, auth, &fake.api_base()).await?;
     println!(
         "token requests made to the fake: {}",
         fake.stats().token_requests
@@ -53,13 +58,14 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
+/// `http` must come from `auth.client_builder()`: see the `reqwest` module's docs.
 async fn get_facilities(
     http: reqwest::Client,
-    cache: TokenCache,
+    auth: BearerAuthMiddleware,
     api_base: &str,
 ) -> Result<(), BoxError> {
     let client = reqwest_middleware::ClientBuilder::new(http)
-        .with(BearerAuthMiddleware::new(cache, api_base)?)
+        .with(auth)
         .build();
     let response = client.get(format!("{api_base}/facilities")).send().await?;
     println!("GET /facilities -> {}", response.status());

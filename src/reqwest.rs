@@ -16,14 +16,34 @@
 //!   body but a stream). A streamed body, the same token handed out again, a failing token
 //!   endpoint or a second `401` all return that `401` to the caller: never a loop.
 //!
-//! # What reqwest does before and after the middleware
+//! # Redirects: build the client with [`BearerAuthMiddleware::client_builder`]
+//!
+//! reqwest follows redirects inside its client, *after* the middleware, and every hop is
+//! rebuilt from the original request's headers, the token included. reqwest drops
+//! `Authorization` only when a hop changes scheme, host or port compared with the hop just
+//! before it, so with its default policy a chain `API → https://other/a → http://other/b`
+//! sends the token again to `other/b`, in clear text. The middleware cannot change the
+//! policy of a client it is given; build the client from
+//! [`client_builder`](BearerAuthMiddleware::client_builder) (or give
+//! [`redirect_policy`](BearerAuthMiddleware::redirect_policy) to your own builder): it
+//! follows redirects inside the configured API origins and stops at the first hop that
+//! would leave them, handing that `3xx` to the caller, so no redirect chain can carry the
+//! token elsewhere.
+//!
+//! Defence in depth: when a response comes back from a URL outside the configured origins
+//! (a client with another redirect policy followed a redirect away), the middleware logs
+//! an `error!` event and counts it (metric `docplanner_auth_redirected_outside_total` with
+//! feature `metrics`), so an application running an unsafe client finds out.
+//!
+//! # What reqwest does before the middleware
 //!
 //! * **User info.** reqwest's `RequestBuilder` moves `user:password@` out of the URL into
 //!   an `Authorization: Basic` header before any middleware runs; the middleware checks
 //!   the host the request really goes to and replaces that header with the bearer token.
 //!   A [`reqwest::Request`] built by hand that still has user info in its URL is refused.
-//! * **Redirects** are followed inside reqwest's client, after the middleware: reqwest
-//!   drops the `Authorization` header when a redirect changes the scheme, host or port.
+//! * **A `Host` header** naming another host than the URL's is refused
+//!   ([`Error::is_host_not_allowed`]): a front end routing by `Host` would see the token
+//!   for that other name.
 //!
 //! # TLS
 //!
@@ -43,9 +63,10 @@
 //!
 //! // One cache per credential set; hand clones of it to every stack that should share it.
 //! let cache = docplanner::cache(&Domain::Spain, "client-id", "client-secret")?;
-//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-//!     .with(BearerAuthMiddleware::new(cache, &Domain::Spain.api_base())?)
-//!     .build();
+//! let auth = BearerAuthMiddleware::new(cache, &Domain::Spain.api_base())?;
+//! // Redirects never leave the API: the client stops at the first hop that would.
+//! let http = auth.client_builder().build()?;
+//! let client = reqwest_middleware::ClientBuilder::new(http).with(auth).build();
 //!
 //! let response = client
 //!     .get(format!("{}/facilities", Domain::Spain.api_base()))
@@ -61,14 +82,19 @@
 use std::fmt;
 
 use ::reqwest::header::AUTHORIZATION;
-use ::reqwest::{Request, Response, StatusCode};
+use ::reqwest::redirect::{Attempt, Policy};
+use ::reqwest::{Request, Response, StatusCode, Url};
 use http::{Extensions, HeaderValue};
 use reqwest_middleware::{Middleware, Next};
 
 use crate::auth::BearerAuthLayer;
 use crate::cache::{Rejection, TokenCache};
 use crate::error::Error;
-use crate::origin::{Origin, Scope};
+use crate::origin::{check_host_header, Origin, Scope};
+
+/// The most redirects [`BearerAuthMiddleware::redirect_policy`] follows inside the API
+/// origins: 10, reqwest's own default.
+pub const MAX_REDIRECTS: usize = 10;
 
 /// Adds `Authorization: Bearer <token>` to every request of a
 /// [`reqwest_middleware::ClientWithMiddleware`], from a shared [`TokenCache`], and replays
@@ -119,17 +145,93 @@ impl BearerAuthMiddleware {
         &self.cache
     }
 
+    /// A redirect policy that follows redirects (at most [`MAX_REDIRECTS`]) only while
+    /// they stay inside this middleware's API origins, and stops at the first hop that
+    /// would leave them: the caller gets that `3xx` response, and the token never goes with
+    /// a redirect to another scheme, host or port, however many hops the chain has.
+    ///
+    /// [`client_builder`](Self::client_builder) sets it; give it to
+    /// [`reqwest::ClientBuilder::redirect`] when you build the client yourself.
+    ///
+    /// ```no_run
+    /// # fn run(auth: &docplanner_auth::reqwest::BearerAuthMiddleware) -> Result<(), reqwest::Error> {
+    /// let http = reqwest::Client::builder()
+    ///     .redirect(auth.redirect_policy())
+    ///     .build()?;
+    /// # let _ = http; Ok(()) }
+    /// ```
+    pub fn redirect_policy(&self) -> Policy {
+        let scope = self.scope.clone();
+        Policy::custom(move |attempt: Attempt<'_>| {
+            if check_url(&scope, attempt.url()).is_err() {
+                tracing::debug!(
+                    status = attempt.status().as_u16(),
+                    "redirect out of the API origins not followed; the 3xx goes to the caller"
+                );
+                attempt.stop()
+            } else if attempt.previous().len() > MAX_REDIRECTS {
+                attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+            } else {
+                attempt.follow()
+            }
+        })
+    }
+
+    /// A [`reqwest::ClientBuilder`] with [`redirect_policy`](Self::redirect_policy) set:
+    /// the client to give this middleware. Add your own settings (certificates, timeouts,
+    /// proxies) before `build()`.
+    ///
+    /// ```no_run
+    /// # fn run(cache: docplanner_auth::TokenCache) -> Result<(), docplanner_auth::BoxError> {
+    /// use docplanner_auth::reqwest::BearerAuthMiddleware;
+    ///
+    /// let auth = BearerAuthMiddleware::new(cache, "https://www.doctoralia.es/api/v3/integration")?;
+    /// let http = auth
+    ///     .client_builder()
+    ///     .timeout(std::time::Duration::from_secs(30))
+    ///     .build()?;
+    /// let client = reqwest_middleware::ClientBuilder::new(http).with(auth).build();
+    /// # let _ = client; Ok(()) }
+    /// ```
+    pub fn client_builder(&self) -> ::reqwest::ClientBuilder {
+        ::reqwest::Client::builder().redirect(self.redirect_policy())
+    }
+
     /// May the token go with `request`? Counts and logs a refusal.
     fn check(&self, request: &Request) -> Result<(), Error> {
         let url = request.url();
-        // `authority()` is the URL's `user:password@host:port` as written (the port only
-        // when it is not the scheme's default): user info never matches a configured host.
-        let host = url.host_str().unwrap_or_default();
-        let checked = self.scope.check(url.scheme(), url.authority(), host);
+        let checked = check_url(&self.scope, url).and_then(|()| {
+            check_host_header(request.headers(), url.scheme() == "https", url.authority())
+        });
         if let Err(error) = &checked {
             self.cache.count_refused(error);
         }
         checked
+    }
+
+    /// Defence in depth: a response from outside the API origins means the client followed
+    /// a redirect away (it was not built with [`redirect_policy`](Self::redirect_policy)),
+    /// and the token may have gone with it. Say so loudly; the response is returned as it is.
+    fn check_final_url(&self, response: &Response) {
+        if check_url(&self.scope, response.url()).is_ok() {
+            return;
+        }
+        let url = response.url();
+        tracing::error!(
+            cache = %self.cache.name(),
+            scheme = url.scheme(),
+            host = url.host_str().unwrap_or_default(),
+            port = url.port_or_known_default().unwrap_or_default(),
+            "a redirect took an authenticated request outside the API origins, and the token \
+             may have gone with it: build the reqwest client with \
+             BearerAuthMiddleware::client_builder() or redirect_policy()"
+        );
+        #[cfg(feature = "metrics")]
+        metrics::counter!(
+            "docplanner_auth_redirected_outside_total",
+            "cache" => self.cache.name().to_owned()
+        )
+        .increment(1);
     }
 
     /// A token's header and id: one lock-free load when a usable token is cached, else the
@@ -174,6 +276,7 @@ impl Middleware for BearerAuthMiddleware {
         request.headers_mut().insert(AUTHORIZATION, header);
 
         let response = next.clone().run(request, extensions).await?;
+        self.check_final_url(&response);
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
@@ -200,12 +303,24 @@ impl Middleware for BearerAuthMiddleware {
             .insert(AUTHORIZATION, token.header_value().clone());
         cache.count_replay();
         let response = next.run(replay, extensions).await?;
+        self.check_final_url(&response);
         if response.status() == StatusCode::UNAUTHORIZED {
             // Rejected twice: drop that token too (rate-limited), never loop.
             cache.reject(token.id());
         }
         Ok(response)
     }
+}
+
+/// May the token go to `url`? `authority()` is the URL's `user:password@host:port` as
+/// written (the port only when it is not the scheme's default): user info never matches a
+/// configured host.
+fn check_url(scope: &Scope, url: &Url) -> Result<(), Error> {
+    scope.check(
+        url.scheme(),
+        url.authority(),
+        url.host_str().unwrap_or_default(),
+    )
 }
 
 impl fmt::Debug for BearerAuthMiddleware {

@@ -43,7 +43,9 @@ fn client_with(fake: &FakeDocplanner, middleware: BearerAuthMiddleware) -> Clien
     // The dev-dependency is reqwest with `rustls-no-provider`: ring, once per process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let certificate = reqwest::Certificate::from_der(fake.certificate_der().unwrap()).unwrap();
-    let http = reqwest::Client::builder()
+    // The documented client: redirects never leave the API.
+    let http = middleware
+        .client_builder()
         .tls_certs_only([certificate])
         .build()
         .unwrap();
@@ -305,6 +307,30 @@ async fn plain_http_and_foreign_hosts_are_refused_before_anything_is_sent() {
     assert_eq!(fake.api_requests, 0, "nothing was sent");
     assert_eq!(fake.plain_http_requests, 0);
     assert_eq!(s.cache.stats().refused_requests, 5);
+}
+
+/// A caller's `Host` header naming another host is refused before anything is sent; one
+/// naming the URL's own host and port goes through.
+#[tokio::test]
+async fn a_host_header_naming_another_host_is_refused() {
+    let s = setup().await;
+    let port = reqwest::Url::parse(&s.fake.api_base())
+        .unwrap()
+        .port()
+        .unwrap();
+    for host in ["evil.example".to_owned(), format!("localhost:{port}")] {
+        let sent = s.client.get(s.facilities()).header("host", &host).send();
+        let error = refusal(sent.await.unwrap_err());
+        assert!(error.is_host_not_allowed(), "{host}: {error}");
+    }
+    let fake = s.fake.stats();
+    assert_eq!((fake.api_requests, fake.token_requests), (0, 0));
+    assert_eq!(s.cache.stats().refused_requests, 2);
+
+    let same = format!("127.0.0.1:{port}");
+    let sent = s.client.get(s.facilities()).header("host", same).send();
+    assert_eq!(sent.await.unwrap().status(), StatusCode::OK);
+    assert_eq!(s.fake.stats().api_ok, 1);
 }
 
 #[tokio::test]

@@ -63,6 +63,40 @@ async fn no_token_for_plain_http_foreign_hosts_or_relative_uris() {
     assert_eq!(s.cache.stats().refused_requests, 5);
 }
 
+/// A caller's `Host` header naming another host is refused (a front end routing by `Host`
+/// would see the token for that name); one naming the URI's own host and port is fine.
+#[tokio::test]
+async fn a_host_header_naming_another_host_is_refused() {
+    let s = in_process();
+    let refused = [
+        "evil.example",
+        "www.fake-docplanner.test:8443",
+        "www.fake-docplanner.test.evil.example",
+    ];
+    for host in refused {
+        let request = Request::get(s.facilities())
+            .header(http::header::HOST, host)
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let error = error_of(s.client.clone().oneshot(request).await);
+        assert!(error.is_host_not_allowed(), "{host}: {error}");
+        assert!(!error.to_string().contains("evil"), "never echoed: {error}");
+    }
+    let fake = s.fake.stats();
+    assert_eq!((fake.api_requests, fake.token_requests), (0, 0));
+    assert_eq!(s.cache.stats().refused_requests, 3);
+
+    for host in ["www.fake-docplanner.test", "WWW.fake-docplanner.test:443"] {
+        let request = Request::get(s.facilities())
+            .header(http::header::HOST, host)
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let response = s.client.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{host}");
+    }
+    assert_eq!(s.fake.stats().api_ok, 2);
+}
+
 /// Plain http reaches a loopback host only with the explicit opt-in.
 #[tokio::test]
 async fn http_to_loopback_needs_the_opt_in() {

@@ -64,7 +64,11 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        if let Err(error) = self.config.scope.check_uri(request.uri()) {
+        if let Err(error) = self
+            .config
+            .scope
+            .check_request(request.uri(), request.headers())
+        {
             self.config.cache.count_refused(&error);
             return ResponseFuture::refused(error);
         }

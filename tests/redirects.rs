@@ -1,0 +1,424 @@
+//! Redirect chains through the reqwest adapter, with a real reqwest client and real local
+//! servers: an HTTPS "API" (the middleware's configured origin; its tokens come from the
+//! fake Docplanner), a plain-http foreign server and an HTTPS foreign server, each recording
+//! what it received. With the client of `BearerAuthMiddleware::client_builder()` no chain
+//! takes the token out of the API; with reqwest's default policy a two-hop chain does, and
+//! the middleware reports it.
+#![cfg(feature = "reqwest")]
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use docplanner_auth::reqwest::{BearerAuthMiddleware, MAX_REDIRECTS};
+use docplanner_auth::testing::FakeDocplanner;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use reqwest::StatusCode;
+use reqwest_middleware::ClientWithMiddleware;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// Every wait on a server or the client is bounded: a broken build fails, never hangs.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// What a server received: the path and the `Authorization` header, if any.
+#[derive(Clone, Debug, PartialEq)]
+struct Seen {
+    path: String,
+    authorization: Option<String>,
+}
+
+/// A local server on `127.0.0.1:0` that answers `302 Location: …` for the paths it is told
+/// to redirect and `200 ok` for any other, and records every request.
+struct Server {
+    port: u16,
+    https: bool,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    redirects: Arc<Mutex<HashMap<String, String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    async fn start(tls: Option<TlsAcceptor>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let redirects = Arc::new(Mutex::new(HashMap::<String, String>::new()));
+        let https = tls.is_some();
+        let (record, routes) = (Arc::clone(&seen), Arc::clone(&redirects));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (record, routes, tls) = (record.clone(), routes.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: hyper::Request<Incoming>| {
+                        let path = request.uri().path().to_owned();
+                        record.lock().unwrap().push(Seen {
+                            path: path.clone(),
+                            authorization: request
+                                .headers()
+                                .get("authorization")
+                                .map(|v| v.to_str().unwrap().to_owned()),
+                        });
+                        let response = match routes.lock().unwrap().get(&path) {
+                            Some(location) => hyper::Response::builder()
+                                .status(302)
+                                .header("location", location)
+                                .body(Full::new(Bytes::new())),
+                            None => hyper::Response::builder().body(Full::new(Bytes::from("ok"))),
+                        };
+                        async move { Ok::<_, Infallible>(response.unwrap()) }
+                    });
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let _ = match tls {
+                        Some(tls) => match tls.accept(tcp).await {
+                            Ok(stream) => {
+                                builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await
+                            }
+                            Err(_) => return,
+                        },
+                        None => builder.serve_connection(TokioIo::new(tcp), service).await,
+                    };
+                });
+            }
+        });
+        Self {
+            port,
+            https,
+            seen,
+            redirects,
+            task,
+        }
+    }
+
+    /// `scheme://host:port` of this server under the name `host`.
+    fn base(&self, host: &str) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{host}:{}", self.port)
+    }
+
+    fn redirect(&self, path: &str, location: impl Into<String>) {
+        self.redirects
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), location.into());
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One certificate for `127.0.0.1` and `localhost`, for the API and the HTTPS foreign server.
+fn certificate() -> (CertificateDer<'static>, TlsAcceptor) {
+    let names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+    let generated = rcgen::generate_simple_self_signed(names).unwrap();
+    let der = generated.cert.der().clone();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        generated.signing_key.serialize_der(),
+    ));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![der.clone()], key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    (der, TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The fake Docplanner (tokens only), the API, two foreign servers, and the middleware
+/// for the API's origin `https://127.0.0.1:<port>`.
+struct Setup {
+    fake: FakeDocplanner,
+    api: Server,
+    plain_foreign: Server,
+    tls_foreign: Server,
+    auth: BearerAuthMiddleware,
+    certificate: CertificateDer<'static>,
+}
+
+async fn setup() -> Setup {
+    // The dev-dependency is reqwest with `rustls-no-provider`: ring, once per process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let fake = FakeDocplanner::builder().start().await.unwrap();
+    let (certificate, tls) = certificate();
+    let api = Server::start(Some(tls.clone())).await;
+    let plain_foreign = Server::start(None).await;
+    let tls_foreign = Server::start(Some(tls)).await;
+    let auth = BearerAuthMiddleware::new(fake.cache().unwrap(), &api.base("127.0.0.1")).unwrap();
+    Setup {
+        fake,
+        api,
+        plain_foreign,
+        tls_foreign,
+        auth,
+        certificate,
+    }
+}
+
+impl Setup {
+    /// The documented client: `client_builder()` of the middleware.
+    fn safe_client(&self) -> ClientWithMiddleware {
+        let http = self
+            .auth
+            .client_builder()
+            .tls_certs_only([reqwest::Certificate::from_der(&self.certificate).unwrap()])
+            .build()
+            .unwrap();
+        reqwest_middleware::ClientBuilder::new(http)
+            .with(self.auth.clone())
+            .build()
+    }
+
+    /// A client with reqwest's default redirect policy: what the docs warn against.
+    fn default_client(&self) -> ClientWithMiddleware {
+        let http = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_der(&self.certificate).unwrap()])
+            .build()
+            .unwrap();
+        reqwest_middleware::ClientBuilder::new(http)
+            .with(self.auth.clone())
+            .build()
+    }
+
+    async fn get(&self, client: &ClientWithMiddleware, path: &str) -> reqwest::Response {
+        let url = format!("{}{path}", self.api.base("127.0.0.1"));
+        tokio::time::timeout(PATIENCE, client.get(url).send())
+            .await
+            .expect("the request did not complete in time")
+            .unwrap()
+    }
+
+    /// The token the fake issued, as the `Authorization` header carrying it.
+    fn bearer(&self) -> Option<String> {
+        let issued = self.fake.issued_tokens();
+        assert_eq!(issued.len(), 1, "one token for the whole test");
+        Some(format!("Bearer {}", issued[0]))
+    }
+
+    fn at_api(&self, path: &str) -> Seen {
+        Seen {
+            path: path.to_owned(),
+            authorization: self.bearer(),
+        }
+    }
+}
+
+fn anonymous(path: &str) -> Seen {
+    Seen {
+        path: path.to_owned(),
+        authorization: None,
+    }
+}
+
+#[tokio::test]
+async fn https_api_to_plain_http_foreign_to_same_foreign_stops_at_the_first_hop() {
+    let s = setup().await;
+    s.api
+        .redirect("/a", format!("{}/first", s.plain_foreign.base("127.0.0.1")));
+    s.plain_foreign.redirect("/first", "/second");
+
+    let response = s.get(&s.safe_client(), "/a").await;
+    assert_eq!(
+        response.status(),
+        StatusCode::FOUND,
+        "the caller gets the 3xx"
+    );
+    assert_eq!(response.url().path(), "/a");
+    assert_eq!(s.api.seen(), [s.at_api("/a")]);
+    assert_eq!(s.plain_foreign.seen(), [], "the foreign server saw nothing");
+}
+
+#[tokio::test]
+async fn api_to_another_port_then_a_second_hop_stops_at_the_first_hop() {
+    let s = setup().await;
+    s.api
+        .redirect("/b", format!("{}/first", s.tls_foreign.base("127.0.0.1")));
+    s.tls_foreign.redirect("/first", "/second");
+
+    let response = s.get(&s.safe_client(), "/b").await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+    assert_eq!(s.api.seen(), [s.at_api("/b")]);
+    assert_eq!(s.tls_foreign.seen(), []);
+}
+
+#[tokio::test]
+async fn loopback_ip_to_localhost_then_a_second_hop_stops_at_the_first_hop() {
+    let s = setup().await;
+    // The same server under another name: not a configured origin.
+    s.api
+        .redirect("/c", format!("{}/first", s.api.base("localhost")));
+    s.api.redirect("/first", "/second");
+
+    let response = s.get(&s.safe_client(), "/c").await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+    assert_eq!(
+        s.api.seen(),
+        [s.at_api("/c")],
+        "nothing for /first or /second"
+    );
+}
+
+#[tokio::test]
+async fn a_single_cross_origin_hop_is_not_followed() {
+    let s = setup().await;
+    s.api
+        .redirect("/d", format!("{}/only", s.tls_foreign.base("127.0.0.1")));
+
+    let response = s.get(&s.safe_client(), "/d").await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+    assert_eq!(
+        response.headers()["location"],
+        format!("{}/only", s.tls_foreign.base("127.0.0.1")).as_str(),
+        "the caller can follow it by hand, without the token"
+    );
+    assert_eq!(s.api.seen(), [s.at_api("/d")]);
+    assert_eq!(s.tls_foreign.seen(), []);
+}
+
+#[tokio::test]
+async fn a_redirect_inside_the_api_is_followed_and_still_authenticated() {
+    let s = setup().await;
+    s.api.redirect("/e", "/f");
+    s.api
+        .redirect("/f", format!("{}/g", s.api.base("127.0.0.1")));
+
+    let response = s.get(&s.safe_client(), "/e").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.url().path(), "/g");
+    assert_eq!(
+        s.api.seen(),
+        [s.at_api("/e"), s.at_api("/f"), s.at_api("/g")]
+    );
+    assert_eq!(s.fake.stats().token_requests, 1);
+}
+
+#[tokio::test]
+async fn a_redirect_loop_inside_the_api_ends_in_an_error() {
+    let s = setup().await;
+    s.api.redirect("/loop", "/loop");
+    let url = format!("{}/loop", s.api.base("127.0.0.1"));
+    let error = tokio::time::timeout(PATIENCE, s.safe_client().get(url).send())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(error.is_redirect(), "{error}");
+    assert_eq!(
+        s.api.seen().len(),
+        MAX_REDIRECTS + 1,
+        "first request + 10 hops"
+    );
+}
+
+/// A `MakeWriter` collecting everything in memory.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Why the policy exists, and the defence in depth: with reqwest's default policy, the
+/// second hop of `API → https://127.0.0.1:<other>/first → /second` (or of the same chain
+/// over plain http) gets the token again (reqwest compares each hop with the one before
+/// only); the middleware sees the final URL outside the API and reports it with an
+/// `error!` event (and a metric), once per such response.
+#[tokio::test]
+async fn with_the_default_policy_a_two_hop_chain_leaks_and_the_middleware_reports_it() {
+    let s = setup().await;
+    s.api
+        .redirect("/b", format!("{}/first", s.tls_foreign.base("127.0.0.1")));
+    s.tls_foreign.redirect("/first", "/second");
+    s.api
+        .redirect("/a", format!("{}/first", s.plain_foreign.base("127.0.0.1")));
+    s.plain_foreign.redirect("/first", "/second");
+    s.api.redirect("/e", "/f");
+
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::ERROR)
+        .with_writer(captured.clone())
+        .with_ansi(false)
+        .finish();
+    let _tracing = tracing::subscriber::set_default(subscriber);
+    #[cfg(feature = "metrics")]
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    #[cfg(feature = "metrics")]
+    let _metrics = metrics::set_default_local_recorder(&recorder);
+
+    let client = s.default_client();
+    // Inside the API: nothing to report.
+    assert_eq!(s.get(&client, "/e").await.status(), StatusCode::OK);
+    assert!(captured.0.lock().unwrap().is_empty());
+
+    let response = s.get(&client, "/b").await;
+    assert_eq!(response.status(), StatusCode::OK, "followed to the end");
+    assert_eq!(
+        s.tls_foreign.seen(),
+        [anonymous("/first"), s.at_api("/second")],
+        "reqwest's default policy sends the token to the second foreign hop; if this \
+         changes, reqwest fixed it: update SECURITY.md"
+    );
+    // The same over plain http: the token in clear text.
+    assert_eq!(s.get(&client, "/a").await.status(), StatusCode::OK);
+    assert_eq!(
+        s.plain_foreign.seen(),
+        [anonymous("/first"), s.at_api("/second")]
+    );
+    let logged = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(logged.matches(" ERROR ").count(), 2, "{logged}");
+    assert!(logged.contains("outside the API origins"), "{logged}");
+    assert!(logged.contains("client_builder"), "{logged}");
+    assert!(!logged.contains(&s.fake.issued_tokens()[0]), "{logged}");
+
+    #[cfg(feature = "metrics")]
+    {
+        let counted: Vec<_> = recorder
+            .snapshotter()
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(key, ..)| key.key().name() == "docplanner_auth_redirected_outside_total")
+            .map(|(.., value)| value)
+            .collect();
+        assert_eq!(
+            counted,
+            [metrics_util::debugging::DebugValue::Counter(2)],
+            "counted twice"
+        );
+    }
+}
