@@ -262,9 +262,11 @@ impl std::error::Error for Error {
 }
 
 /// Shorten text that came from a server (an error description) to something fit for a
-/// one-line message: printable characters only, at most `max` characters, never a known
-/// secret, and never a word that looks like a credential (16 or more token characters
-/// mixing letters and digits), since a server may echo a token we cannot know of.
+/// one-line message: printable characters only, at most `max` characters. Every value in
+/// `secrets` (the client secret, the Basic credential as sent, the answer's token) is
+/// replaced by value, whatever it looks like; then, as a second net for a token we cannot
+/// know of, any word that looks like a credential (16 or more token characters mixing
+/// letters and digits).
 pub(crate) fn scrub(text: &str, max: usize, secrets: &[&str]) -> String {
     let mut flat: String = text
         .chars()

@@ -8,17 +8,17 @@ use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, Uri};
 use http_body::Body;
-use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use http_body_util::{Full, LengthLimitError};
 use tokio::time::Instant;
 use tower_service::Service;
 use tracing::Instrument as _;
 use zeroize::Zeroizing;
 
-use super::response::{parse, Context};
+use super::response::{parse, read_body, Context};
 use super::{TokenSource, DEFAULT_SCOPE, MAX_TOKEN_RESPONSE_BYTES};
 use crate::error::{BoxError, Error, Kind};
 use crate::origin::{require_secure, Origin};
-use crate::secret::sensitive_header;
+use crate::secret::{basic_credential, sensitive_header};
 use crate::token::AccessToken;
 
 /// The OAuth2 client-credentials grant (RFC 6749 §4.4) over any tower HTTP service `C`.
@@ -122,7 +122,7 @@ impl<C> ClientCredentials<C> {
         Context {
             host: &self.host,
             scope: &self.scope,
-            secrets: [self.secret.as_str()],
+            secrets: [self.secret.as_str(), basic_credential(&self.authorization)],
         }
     }
 }
@@ -177,8 +177,8 @@ where
             .await
             .map_err(|e| transport("could not reach", e.into()))?;
         let (head, body) = response.into_parts();
-        let body = match Limited::new(body, MAX_TOKEN_RESPONSE_BYTES).collect().await {
-            Ok(collected) => collected.to_bytes(),
+        let body = match read_body(body).await {
+            Ok(body) => body,
             Err(e) if e.is::<LengthLimitError>() => {
                 return Err(Error::new(
                     Kind::InvalidResponse,
@@ -198,8 +198,7 @@ where
                 ))
             }
         };
-        let (token, lifetime) = parse(head.status, &head.headers, &body, &self.context())?;
-        AccessToken::obtained_at(token, started, lifetime)
+        parse(head.status, &head.headers, &body, &self.context(), started)
     }
 }
 
