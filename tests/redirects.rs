@@ -7,9 +7,10 @@
 #![cfg(feature = "reqwest")]
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +24,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use reqwest::StatusCode;
 use reqwest_middleware::ClientWithMiddleware;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::CertificateDer;
+use support::{tls_acceptor, Captured};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -128,25 +130,6 @@ impl Drop for Server {
     }
 }
 
-/// One certificate for `127.0.0.1` and `localhost`, for the API and the HTTPS foreign server.
-fn certificate() -> (CertificateDer<'static>, TlsAcceptor) {
-    let names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
-    let generated = rcgen::generate_simple_self_signed(names).unwrap();
-    let der = generated.cert.der().clone();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-        generated.signing_key.serialize_der(),
-    ));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![der.clone()], key)
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    (der, TlsAcceptor::from(Arc::new(config)))
-}
-
 /// The fake Docplanner (tokens only), the API, two foreign servers, and the middleware
 /// for the API's origin `https://127.0.0.1:<port>`.
 struct Setup {
@@ -162,7 +145,7 @@ async fn setup() -> Setup {
     // The dev-dependency is reqwest with `rustls-no-provider`: ring, once per process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let fake = FakeDocplanner::builder().start().await.unwrap();
-    let (certificate, tls) = certificate();
+    let (tls, certificate) = tls_acceptor();
     let api = Server::start(Some(tls.clone())).await;
     let plain_foreign = Server::start(None).await;
     let tls_foreign = Server::start(Some(tls)).await;
@@ -180,23 +163,18 @@ async fn setup() -> Setup {
 impl Setup {
     /// The documented client: `client_builder()` of the middleware.
     fn safe_client(&self) -> ClientWithMiddleware {
-        let http = self
-            .auth
-            .client_builder()
-            .tls_certs_only([reqwest::Certificate::from_der(&self.certificate).unwrap()])
-            .build()
-            .unwrap();
-        reqwest_middleware::ClientBuilder::new(http)
-            .with(self.auth.clone())
-            .build()
+        self.client(self.auth.client_builder())
     }
 
     /// A client with reqwest's default redirect policy: what the docs warn against.
     fn default_client(&self) -> ClientWithMiddleware {
-        let http = reqwest::Client::builder()
-            .tls_certs_only([reqwest::Certificate::from_der(&self.certificate).unwrap()])
-            .build()
-            .unwrap();
+        self.client(reqwest::Client::builder())
+    }
+
+    /// `http`, trusting the servers' certificate, with the middleware.
+    fn client(&self, http: reqwest::ClientBuilder) -> ClientWithMiddleware {
+        let certificate = reqwest::Certificate::from_der(&self.certificate).unwrap();
+        let http = http.tls_certs_only([certificate]).build().unwrap();
         reqwest_middleware::ClientBuilder::new(http)
             .with(self.auth.clone())
             .build()
@@ -232,34 +210,43 @@ fn anonymous(path: &str) -> Seen {
     }
 }
 
+impl Setup {
+    /// GET `path` of the API with the documented client: the answer is the API's own `302`,
+    /// and the API saw that one request, with the token.
+    /// `path` of the API redirects to `foreign` (under the name `host`) `/first`, which
+    /// redirects to `/second` on the same server.
+    fn two_hop_chain(&self, path: &str, foreign: &Server, host: &str) {
+        let first = format!("{}/first", foreign.base(host));
+        self.api.redirect(path, first);
+        foreign.redirect("/first", "/second");
+    }
+
+    async fn stops_at_the_first_hop(&self, path: &str) -> reqwest::Response {
+        let response = self.get(&self.safe_client(), path).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::FOUND,
+            "the caller gets the 3xx"
+        );
+        assert_eq!(response.url().path(), path);
+        assert_eq!(self.api.seen(), [self.at_api(path)], "nothing after {path}");
+        response
+    }
+}
+
 #[tokio::test]
 async fn https_api_to_plain_http_foreign_to_same_foreign_stops_at_the_first_hop() {
     let s = setup().await;
-    s.api
-        .redirect("/a", format!("{}/first", s.plain_foreign.base("127.0.0.1")));
-    s.plain_foreign.redirect("/first", "/second");
-
-    let response = s.get(&s.safe_client(), "/a").await;
-    assert_eq!(
-        response.status(),
-        StatusCode::FOUND,
-        "the caller gets the 3xx"
-    );
-    assert_eq!(response.url().path(), "/a");
-    assert_eq!(s.api.seen(), [s.at_api("/a")]);
+    s.two_hop_chain("/a", &s.plain_foreign, "127.0.0.1");
+    s.stops_at_the_first_hop("/a").await;
     assert_eq!(s.plain_foreign.seen(), [], "the foreign server saw nothing");
 }
 
 #[tokio::test]
 async fn api_to_another_port_then_a_second_hop_stops_at_the_first_hop() {
     let s = setup().await;
-    s.api
-        .redirect("/b", format!("{}/first", s.tls_foreign.base("127.0.0.1")));
-    s.tls_foreign.redirect("/first", "/second");
-
-    let response = s.get(&s.safe_client(), "/b").await;
-    assert_eq!(response.status(), StatusCode::FOUND);
-    assert_eq!(s.api.seen(), [s.at_api("/b")]);
+    s.two_hop_chain("/b", &s.tls_foreign, "127.0.0.1");
+    s.stops_at_the_first_hop("/b").await;
     assert_eq!(s.tls_foreign.seen(), []);
 }
 
@@ -267,33 +254,21 @@ async fn api_to_another_port_then_a_second_hop_stops_at_the_first_hop() {
 async fn loopback_ip_to_localhost_then_a_second_hop_stops_at_the_first_hop() {
     let s = setup().await;
     // The same server under another name: not a configured origin.
-    s.api
-        .redirect("/c", format!("{}/first", s.api.base("localhost")));
-    s.api.redirect("/first", "/second");
-
-    let response = s.get(&s.safe_client(), "/c").await;
-    assert_eq!(response.status(), StatusCode::FOUND);
-    assert_eq!(
-        s.api.seen(),
-        [s.at_api("/c")],
-        "nothing for /first or /second"
-    );
+    s.two_hop_chain("/c", &s.api, "localhost");
+    s.stops_at_the_first_hop("/c").await;
 }
 
 #[tokio::test]
 async fn a_single_cross_origin_hop_is_not_followed() {
     let s = setup().await;
-    s.api
-        .redirect("/d", format!("{}/only", s.tls_foreign.base("127.0.0.1")));
-
-    let response = s.get(&s.safe_client(), "/d").await;
-    assert_eq!(response.status(), StatusCode::FOUND);
+    let only = format!("{}/only", s.tls_foreign.base("127.0.0.1"));
+    s.api.redirect("/d", only.clone());
+    let response = s.stops_at_the_first_hop("/d").await;
     assert_eq!(
         response.headers()["location"],
-        format!("{}/only", s.tls_foreign.base("127.0.0.1")).as_str(),
+        only.as_str(),
         "the caller can follow it by hand, without the token"
     );
-    assert_eq!(s.api.seen(), [s.at_api("/d")]);
     assert_eq!(s.tls_foreign.seen(), []);
 }
 
@@ -331,27 +306,6 @@ async fn a_redirect_loop_inside_the_api_ends_in_an_error() {
     );
 }
 
-/// A `MakeWriter` collecting everything in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 /// Why the policy exists, and the defence in depth: with reqwest's default policy, the
 /// second hop of `API → https://127.0.0.1:<other>/first → /second` (or of the same chain
 /// over plain http) gets the token again (reqwest compares each hop with the one before
@@ -360,21 +314,11 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
 #[tokio::test]
 async fn with_the_default_policy_a_two_hop_chain_leaks_and_the_middleware_reports_it() {
     let s = setup().await;
-    s.api
-        .redirect("/b", format!("{}/first", s.tls_foreign.base("127.0.0.1")));
-    s.tls_foreign.redirect("/first", "/second");
-    s.api
-        .redirect("/a", format!("{}/first", s.plain_foreign.base("127.0.0.1")));
-    s.plain_foreign.redirect("/first", "/second");
+    s.two_hop_chain("/b", &s.tls_foreign, "127.0.0.1");
+    s.two_hop_chain("/a", &s.plain_foreign, "127.0.0.1");
     s.api.redirect("/e", "/f");
 
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::ERROR)
-        .with_writer(captured.clone())
-        .with_ansi(false)
-        .finish();
-    let _tracing = tracing::subscriber::set_default(subscriber);
+    let (captured, _tracing) = Captured::install(tracing::Level::ERROR);
     #[cfg(feature = "metrics")]
     let recorder = metrics_util::debugging::DebuggingRecorder::new();
     #[cfg(feature = "metrics")]
@@ -383,7 +327,7 @@ async fn with_the_default_policy_a_two_hop_chain_leaks_and_the_middleware_report
     let client = s.default_client();
     // Inside the API: nothing to report.
     assert_eq!(s.get(&client, "/e").await.status(), StatusCode::OK);
-    assert!(captured.0.lock().unwrap().is_empty());
+    assert_eq!(captured.text(), "");
 
     let response = s.get(&client, "/b").await;
     assert_eq!(response.status(), StatusCode::OK, "followed to the end");
@@ -399,7 +343,7 @@ async fn with_the_default_policy_a_two_hop_chain_leaks_and_the_middleware_report
         s.plain_foreign.seen(),
         [anonymous("/first"), s.at_api("/second")]
     );
-    let logged = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logged = captured.text();
     assert_eq!(logged.matches(" ERROR ").count(), 2, "{logged}");
     assert!(logged.contains("outside the API origins"), "{logged}");
     assert!(logged.contains("client_builder"), "{logged}");

@@ -55,6 +55,14 @@ fn client_with(fake: &FakeDocplanner, middleware: BearerAuthMiddleware) -> Clien
 }
 
 impl Setup {
+    /// The fake's HTTPS port.
+    fn port(&self) -> u16 {
+        reqwest::Url::parse(&self.fake.api_base())
+            .unwrap()
+            .port()
+            .unwrap()
+    }
+
     fn facilities(&self) -> String {
         format!("{}/facilities", self.fake.api_base())
     }
@@ -270,10 +278,7 @@ async fn the_tower_layer_and_the_middleware_share_one_cache_and_one_token() {
 #[tokio::test]
 async fn plain_http_and_foreign_hosts_are_refused_before_anything_is_sent() {
     let s = setup().await;
-    let port = reqwest::Url::parse(&s.fake.api_base())
-        .unwrap()
-        .port()
-        .unwrap();
+    let port = s.port();
     let path = "/api/v3/integration/facilities";
     let plain = format!("{}{path}", s.fake.plain_http_base().unwrap());
     let refused = [
@@ -314,10 +319,7 @@ async fn plain_http_and_foreign_hosts_are_refused_before_anything_is_sent() {
 #[tokio::test]
 async fn a_host_header_naming_another_host_is_refused() {
     let s = setup().await;
-    let port = reqwest::Url::parse(&s.fake.api_base())
-        .unwrap()
-        .port()
-        .unwrap();
+    let port = s.port();
     for host in ["evil.example".to_owned(), format!("localhost:{port}")] {
         let sent = s.client.get(s.facilities()).header("host", &host).send();
         let error = refusal(sent.await.unwrap_err());
@@ -336,10 +338,7 @@ async fn a_host_header_naming_another_host_is_refused() {
 #[tokio::test]
 async fn user_info_moved_to_a_basic_header_by_reqwest_is_replaced_by_the_token() {
     let s = setup().await;
-    let port = reqwest::Url::parse(&s.fake.api_base())
-        .unwrap()
-        .port()
-        .unwrap();
+    let port = s.port();
     // reqwest's RequestBuilder turns `user:pass@` into `Authorization: Basic …` and strips
     // it from the URL; the host is the configured one, and the Basic credentials never
     // leave: the middleware's bearer header replaces them.

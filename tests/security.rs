@@ -18,7 +18,7 @@ use docplanner_auth::{
 };
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use support::in_process;
+use support::{in_process, Captured};
 use tower::{service_fn, Layer, ServiceExt};
 
 fn error_of(result: Result<impl std::fmt::Debug, BoxError>) -> Error {
@@ -236,27 +236,6 @@ async fn nothing_prints_a_secret_or_a_token() {
     assert!(printed.iter().any(|t| t.contains("[redacted]")));
 }
 
-/// A `MakeWriter` collecting every log line in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 /// The review's example, end to end: id `lkgpde`, secret `YnvqjAxqfvmp` (no digit, so no
 /// heuristic catches them), echoed by the token endpoint in `expires_in` (a string), in
 /// `token_type`, and as the Basic credential in `error`/`error_description`: scrubbed by
@@ -272,13 +251,7 @@ async fn an_echoed_secret_or_basic_credential_is_scrubbed_by_value_everywhere() 
         .client_secret(SECRET)
         .in_process();
 
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(captured.clone())
-        .with_ansi(false)
-        .finish();
-    let _logs = tracing::subscriber::set_default(subscriber);
+    let (captured, _logs) = Captured::install(tracing::Level::TRACE);
 
     let bodies = [
         (
@@ -321,7 +294,7 @@ async fn an_echoed_secret_or_basic_credential_is_scrubbed_by_value_everywhere() 
         printed.push(format!("{error}"));
         printed.push(format!("{error:?}"));
     }
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(logs.contains("WARN"), "the failures were logged: {logs}");
     printed.push(logs);
     let unpadded = basic.trim_end_matches('=');
