@@ -308,6 +308,47 @@ async fn an_echoed_secret_or_basic_credential_is_scrubbed_by_value_everywhere() 
     );
 }
 
+/// A token the endpoint gave us earlier, echoed in a later error, is scrubbed by value even
+/// when no heuristic would catch it (letters only).
+#[tokio::test]
+async fn an_earlier_token_echoed_in_a_later_error_is_scrubbed() {
+    use docplanner_auth::TokenSource as _;
+    const EARLIER: &str = "onlyLettersNoDigitsEarlierToken";
+    let answers = Arc::new(AtomicU32::new(0));
+    let server = service_fn(move |_request: Request<Full<Bytes>>| {
+        let (status, body) = match answers.fetch_add(1, Ordering::SeqCst) {
+            0 => (
+                200,
+                format!(r#"{{"access_token":"{EARLIER}","expires_in":60}}"#),
+            ),
+            _ => (
+                400,
+                format!(
+                    r#"{{"error":"invalid_grant","error_description":"{EARLIER} is revoked"}}"#
+                ),
+            ),
+        };
+        let response = Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        async move { Ok::<_, BoxError>(response) }
+    });
+    let credentials = ClientCredentials::new(
+        server,
+        "https://www.doctoralia.es/oauth/v2/token",
+        "id",
+        "client-secret-value",
+    )
+    .unwrap();
+    assert_eq!(credentials.fetch().await.unwrap().secret(), EARLIER);
+    let error = credentials.fetch().await.unwrap_err();
+    for shown in [error.to_string(), format!("{error:?}")] {
+        assert!(!shown.contains(EARLIER), "{shown}");
+        assert!(shown.contains("[redacted] is revoked"), "{shown}");
+    }
+}
+
 fn base64_of(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::poll_fn;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -62,6 +63,9 @@ pub struct ClientCredentials<C> {
     form: Bytes,
     /// Kept only to scrub it from any message that would echo it.
     secret: Zeroizing<String>,
+    /// The last token obtained (sharing its wiped bytes), kept only to scrub it by value
+    /// from a later answer that would echo it.
+    last_token: Arc<Mutex<Option<AccessToken>>>,
 }
 
 impl<C> ClientCredentials<C> {
@@ -118,11 +122,15 @@ impl<C> ClientCredentials<C> {
             })
     }
 
-    fn context(&self) -> Context<'_> {
+    fn context<'a>(&'a self, last_token: Option<&'a AccessToken>) -> Context<'a> {
         Context {
             host: &self.host,
             scope: &self.scope,
-            secrets: [self.secret.as_str(), basic_credential(&self.authorization)],
+            secrets: [
+                self.secret.as_str(),
+                basic_credential(&self.authorization),
+                last_token.map_or("", AccessToken::secret),
+            ],
         }
     }
 }
@@ -198,7 +206,18 @@ where
                 ))
             }
         };
-        parse(head.status, &head.headers, &body, &self.context(), started)
+        let last = self.last_token.lock().ok().and_then(|last| last.clone());
+        let token = parse(
+            head.status,
+            &head.headers,
+            &body,
+            &self.context(last.as_ref()),
+            started,
+        )?;
+        if let Ok(mut last) = self.last_token.lock() {
+            *last = Some(token.clone());
+        }
+        Ok(token)
     }
 }
 
@@ -322,6 +341,7 @@ impl ClientCredentialsBuilder {
             authorization,
             form: Bytes::from(form),
             secret: self.secret,
+            last_token: Arc::default(),
         })
     }
 }

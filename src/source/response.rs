@@ -23,13 +23,14 @@ use crate::error::{is_transient_status, scrub, BoxError, Error, Kind};
 use crate::token::AccessToken;
 
 /// Who answered, for messages: the token endpoint's host, and the secrets that must never
-/// appear in a message even if the server echoes them (the client secret and the exact
-/// Basic credential sent, see [`basic_credential`](crate::secret::basic_credential)).
+/// appear in a message even if the server echoes them (the client secret, the exact Basic
+/// credential sent, see [`basic_credential`](crate::secret::basic_credential), and the
+/// last token obtained).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Context<'a> {
     pub(crate) host: &'a str,
     pub(crate) scope: &'a str,
-    pub(crate) secrets: [&'a str; 2],
+    pub(crate) secrets: [&'a str; 3],
 }
 
 impl Context<'_> {
@@ -87,7 +88,7 @@ pub fn parse_token_response(
     let cx = Context {
         host: "token.example",
         scope: "integration",
-        secrets: ["", ""],
+        secrets: ["", "", ""],
     };
     let token = parse(status, headers, body, &cx, Instant::now())?;
     Ok((token.secret().to_owned(), token.lifetime()))
@@ -107,13 +108,14 @@ pub(crate) fn parse(
         .starts_with(b"{")
         .then(|| serde_json::from_slice::<Answer<'_>>(body).ok())
         .flatten();
-    // Every value a server could echo that must not be printed: ours, and the token of
-    // this very answer.
+    // Every value a server could echo that must not be printed: the secret, the Basic
+    // credential, the last token, and the token of this very answer.
     let token_text = match answer.as_ref().and_then(|a| a.access_token.as_ref()) {
         Some(Field::Text(text)) => text.as_str(),
         _ => "",
     };
-    let known = [cx.secrets[0], cx.secrets[1], token_text];
+    let [secret, basic, last_token] = cx.secrets;
+    let known = [secret, basic, last_token, token_text];
     if let Some(Field::Text(code)) = answer.as_ref().and_then(|a| a.error.as_ref()) {
         let answer = answer.as_ref();
         let description = answer.and_then(|a| a.error_description.as_ref());
@@ -576,7 +578,7 @@ mod tests {
         let cx = Context {
             host: "www.doctoralia.es",
             scope: "integration",
-            secrets: [SECRET, BASIC],
+            secrets: [SECRET, BASIC, ""],
         };
         let padded = format!("{BASIC}==");
         let echoes = [
