@@ -10,9 +10,9 @@
 //! API instead.
 
 use docplanner_auth::docplanner::{Credentials, ENV_CLIENT_ID, ENV_CLIENT_SECRET, ENV_DOMAIN};
-use docplanner_auth::reqwest::BearerAuthMiddleware;
+use docplanner_auth::reqwest::{client_builder, BearerAuthMiddleware};
 use docplanner_auth::testing::FakeDocplanner;
-use docplanner_auth::BoxError;
+use docplanner_auth::{BoxError, TokenCache};
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
@@ -32,11 +32,10 @@ async fn main() -> Result<(), BoxError> {
             "Calling the real Docplanner API of {} ({api_base}).",
             credentials.domain()
         );
-        let auth = BearerAuthMiddleware::new(credentials.cache()?, &api_base)?;
         // Redirects never leave the API; the operating system's roots (reqwest's platform
         // verifier).
-        let http = auth.client_builder().build()?;
-        return get_facilities(http, auth, &api_base).await;
+        let http = client_builder(&api_base)?.build()?;
+        return get_facilities(http, credentials.cache()?, &api_base).await;
     }
 
     println!("No DOCPLANNER_* credentials set: calling a fake Docplanner on 127.0.0.1 instead.");
@@ -44,13 +43,11 @@ async fn main() -> Result<(), BoxError> {
     let certificate = fake
         .certificate_der()
         .ok_or("the fake has no certificate")?;
-    let auth = BearerAuthMiddleware::new(fake.cache()?, &fake.api_base())?;
     // Redirects never leave the API; only the fake's certificate is trusted.
-    let http = auth
-        .client_builder()
+    let http = client_builder(&fake.api_base())?
         .tls_certs_only([reqwest::Certificate::from_der(certificate)?])
         .build()?;
-    get_facilities(http, auth, &fake.api_base()).await?;
+    get_facilities(http, fake.cache()?, &fake.api_base()).await?;
     println!(
         "token requests made to the fake: {}",
         fake.stats().token_requests
@@ -58,14 +55,14 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// `http` must come from `auth.client_builder()`: see the `reqwest` module's docs.
+/// `http` comes from `client_builder(api_base)`: see the `reqwest` module's docs.
 async fn get_facilities(
     http: reqwest::Client,
-    auth: BearerAuthMiddleware,
+    cache: TokenCache,
     api_base: &str,
 ) -> Result<(), BoxError> {
     let client = reqwest_middleware::ClientBuilder::new(http)
-        .with(auth)
+        .with(BearerAuthMiddleware::new(cache, api_base)?)
         .build();
     let response = client.get(format!("{api_base}/facilities")).send().await?;
     println!("GET /facilities -> {}", response.status());

@@ -167,8 +167,7 @@
 //! With feature `reqwest`, [`reqwest::BearerAuthMiddleware`] gives a reqwest-middleware
 //! client the same behaviour, and can share the [`TokenCache`] of a tower stack (one token
 //! for both): see the [`reqwest`] module and `examples/reqwest_client.rs`. Build its reqwest
-//! client with [`reqwest::BearerAuthMiddleware::client_builder`], whose redirects never
-//! leave the API.
+//! client with [`reqwest::client_builder`], whose redirects never leave the API.
 //!
 //! # Configuration from the environment
 //!
@@ -239,7 +238,7 @@
 //!   only, with an explicit `allow_http_loopback(true)`, for tests. A `Host` header naming
 //!   another host than the URI is refused too. Redirects: `FollowRedirectLayer` outside the
 //!   layer (see "Composing with tower-http"); for reqwest, the client of
-//!   [`reqwest::BearerAuthMiddleware::client_builder`].
+//!   [`reqwest::client_builder`].
 //! * **Redaction.** `Debug` of every type prints `[redacted]` for secrets and tokens;
 //!   error messages never contain them (a server echoing the secret, the Basic credential
 //!   or the token is scrubbed by value, in every field); the

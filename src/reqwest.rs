@@ -16,19 +16,19 @@
 //!   body but a stream). A streamed body, the same token handed out again, a failing token
 //!   endpoint or a second `401` all return that `401` to the caller: never a loop.
 //!
-//! # Redirects: build the client with [`BearerAuthMiddleware::client_builder`]
+//! # Redirects: build the client with [`client_builder`]
 //!
 //! reqwest follows redirects inside its client, *after* the middleware, and every hop is
 //! rebuilt from the original request's headers, the token included. reqwest drops
 //! `Authorization` only when a hop changes scheme, host or port compared with the hop just
 //! before it, so with its default policy a chain `API → https://other/a → http://other/b`
 //! sends the token again to `other/b`, in clear text. The middleware cannot change the
-//! policy of a client it is given; build the client from
-//! [`client_builder`](BearerAuthMiddleware::client_builder) (or give
-//! [`redirect_policy`](BearerAuthMiddleware::redirect_policy) to your own builder): it
-//! follows redirects inside the configured API origins and stops at the first hop that
-//! would leave them, handing that `3xx` to the caller, so no redirect chain can carry the
-//! token elsewhere.
+//! policy of a client it is given; build the client from [`client_builder`] (or give
+//! [`redirect_policy`] to your own builder; with several API hosts, use the middleware's
+//! [`client_builder`](BearerAuthMiddleware::client_builder)): it follows redirects inside
+//! the configured API origins and stops at the first hop that would leave them, handing
+//! that `3xx` to the caller, so no redirect chain can carry the token elsewhere (nor the
+//! Basic credential of token requests sent through the same client).
 //!
 //! Defence in depth: when a response comes back from a URL outside the configured origins
 //! (a client with another redirect policy followed a redirect away), the middleware logs
@@ -63,10 +63,12 @@
 //!
 //! // One cache per credential set; hand clones of it to every stack that should share it.
 //! let cache = docplanner::cache(&Domain::Spain, "client-id", "client-secret")?;
-//! let auth = BearerAuthMiddleware::new(cache, &Domain::Spain.api_base())?;
+//! let api_base = Domain::Spain.api_base();
 //! // Redirects never leave the API: the client stops at the first hop that would.
-//! let http = auth.client_builder().build()?;
-//! let client = reqwest_middleware::ClientBuilder::new(http).with(auth).build();
+//! let http = docplanner_auth::reqwest::client_builder(&api_base)?.build()?;
+//! let client = reqwest_middleware::ClientBuilder::new(http)
+//!     .with(BearerAuthMiddleware::new(cache, &api_base)?)
+//!     .build();
 //!
 //! let response = client
 //!     .get(format!("{}/facilities", Domain::Spain.api_base()))
@@ -92,8 +94,8 @@ use crate::cache::{Rejection, TokenCache};
 use crate::error::Error;
 use crate::origin::{check_host_header, Origin, Scope};
 
-/// The most redirects [`BearerAuthMiddleware::redirect_policy`] follows inside the API
-/// origins: 10, reqwest's own default.
+/// The most redirects [`redirect_policy`] follows inside the API origins: 10, reqwest's
+/// own default.
 pub const MAX_REDIRECTS: usize = 10;
 
 /// Adds `Authorization: Bearer <token>` to every request of a
@@ -145,54 +147,13 @@ impl BearerAuthMiddleware {
         &self.cache
     }
 
-    /// A redirect policy that follows redirects (at most [`MAX_REDIRECTS`]) only while
-    /// they stay inside this middleware's API origins, and stops at the first hop that
-    /// would leave them: the caller gets that `3xx` response, and the token never goes with
-    /// a redirect to another scheme, host or port, however many hops the chain has.
-    ///
-    /// [`client_builder`](Self::client_builder) sets it; give it to
-    /// [`reqwest::ClientBuilder::redirect`] when you build the client yourself.
-    ///
-    /// ```no_run
-    /// # fn run(auth: &docplanner_auth::reqwest::BearerAuthMiddleware) -> Result<(), reqwest::Error> {
-    /// let http = reqwest::Client::builder()
-    ///     .redirect(auth.redirect_policy())
-    ///     .build()?;
-    /// # let _ = http; Ok(()) }
-    /// ```
+    /// [`redirect_policy`] for this middleware's API origins (all of them, with
+    /// [`allow_api_base`](Self::allow_api_base) or [`From<&BearerAuthLayer>`]).
     pub fn redirect_policy(&self) -> Policy {
-        let scope = self.scope.clone();
-        Policy::custom(move |attempt: Attempt<'_>| {
-            if check_url(&scope, attempt.url()).is_err() {
-                tracing::debug!(
-                    status = attempt.status().as_u16(),
-                    "redirect out of the API origins not followed; the 3xx goes to the caller"
-                );
-                attempt.stop()
-            } else if attempt.previous().len() > MAX_REDIRECTS {
-                attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
-            } else {
-                attempt.follow()
-            }
-        })
+        policy(self.scope.clone())
     }
 
-    /// A [`reqwest::ClientBuilder`] with [`redirect_policy`](Self::redirect_policy) set:
-    /// the client to give this middleware. Add your own settings (certificates, timeouts,
-    /// proxies) before `build()`.
-    ///
-    /// ```no_run
-    /// # fn run(cache: docplanner_auth::TokenCache) -> Result<(), docplanner_auth::BoxError> {
-    /// use docplanner_auth::reqwest::BearerAuthMiddleware;
-    ///
-    /// let auth = BearerAuthMiddleware::new(cache, "https://www.doctoralia.es/api/v3/integration")?;
-    /// let http = auth
-    ///     .client_builder()
-    ///     .timeout(std::time::Duration::from_secs(30))
-    ///     .build()?;
-    /// let client = reqwest_middleware::ClientBuilder::new(http).with(auth).build();
-    /// # let _ = client; Ok(()) }
-    /// ```
+    /// [`client_builder`] for this middleware's API origins.
     pub fn client_builder(&self) -> ::reqwest::ClientBuilder {
         ::reqwest::Client::builder().redirect(self.redirect_policy())
     }
@@ -224,7 +185,7 @@ impl BearerAuthMiddleware {
             port = url.port_or_known_default().unwrap_or_default(),
             "a redirect took an authenticated request outside the API origins, and the token \
              may have gone with it: build the reqwest client with \
-             BearerAuthMiddleware::client_builder() or redirect_policy()"
+             docplanner_auth::reqwest::client_builder() or redirect_policy()"
         );
         #[cfg(feature = "metrics")]
         metrics::counter!(
@@ -310,6 +271,65 @@ impl Middleware for BearerAuthMiddleware {
         }
         Ok(response)
     }
+}
+
+/// A redirect policy for a reqwest client that sends requests with a token for the host of
+/// `api_base`: it follows redirects (at most [`MAX_REDIRECTS`]) only while they stay inside
+/// that origin (scheme, host and port), and stops at the first hop that would leave it. The
+/// caller gets that `3xx`, and the token never goes with a redirect elsewhere, however many
+/// hops the chain has. [`client_builder`] sets it; give it to
+/// [`reqwest::ClientBuilder::redirect`] when you build the client yourself.
+///
+/// ```no_run
+/// # fn run() -> Result<(), docplanner_auth::BoxError> {
+/// let policy = docplanner_auth::reqwest::redirect_policy(
+///     "https://www.doctoralia.es/api/v3/integration",
+/// )?;
+/// let http = reqwest::Client::builder().redirect(policy).build()?;
+/// # let _ = http; Ok(()) }
+/// ```
+pub fn redirect_policy(api_base: &str) -> Result<Policy, Error> {
+    let origin = Origin::parse_config("API base", api_base)?;
+    Ok(policy(Scope::new(origin)))
+}
+
+/// A [`reqwest::ClientBuilder`] whose redirects never leave the origin of `api_base` (see
+/// [`redirect_policy`]): build the client for [`BearerAuthMiddleware`] from it, and for the
+/// token requests if they go through reqwest too. Add your own settings (certificates,
+/// timeouts, proxies) before `build()`.
+///
+/// ```no_run
+/// # fn run(cache: docplanner_auth::TokenCache) -> Result<(), docplanner_auth::BoxError> {
+/// use docplanner_auth::reqwest::{client_builder, BearerAuthMiddleware};
+///
+/// let api_base = "https://www.doctoralia.es/api/v3/integration";
+/// let http = client_builder(api_base)?
+///     .timeout(std::time::Duration::from_secs(30))
+///     .build()?;
+/// let client = reqwest_middleware::ClientBuilder::new(http)
+///     .with(BearerAuthMiddleware::new(cache, api_base)?)
+///     .build();
+/// # let _ = client; Ok(()) }
+/// ```
+pub fn client_builder(api_base: &str) -> Result<::reqwest::ClientBuilder, Error> {
+    Ok(::reqwest::Client::builder().redirect(redirect_policy(api_base)?))
+}
+
+/// The one redirect rule: follow inside `scope`, stop at the first hop out of it.
+fn policy(scope: Scope) -> Policy {
+    Policy::custom(move |attempt: Attempt<'_>| {
+        if check_url(&scope, attempt.url()).is_err() {
+            tracing::debug!(
+                status = attempt.status().as_u16(),
+                "redirect out of the API origins not followed; the 3xx goes to the caller"
+            );
+            attempt.stop()
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    })
 }
 
 /// May the token go to `url`? `authority()` is the URL's `user:password@host:port` as

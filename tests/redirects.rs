@@ -1,7 +1,7 @@
 //! Redirect chains through the reqwest adapter, with a real reqwest client and real local
 //! servers: an HTTPS "API" (the middleware's configured origin; its tokens come from the
 //! fake Docplanner), a plain-http foreign server and an HTTPS foreign server, each recording
-//! what it received. With the client of `BearerAuthMiddleware::client_builder()` no chain
+//! what it received. With the client of `docplanner_auth::reqwest::client_builder()` no chain
 //! takes the token out of the API; with reqwest's default policy a two-hop chain does, and
 //! the middleware reports it.
 #![cfg(feature = "reqwest")]
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use docplanner_auth::reqwest::{BearerAuthMiddleware, MAX_REDIRECTS};
+use docplanner_auth::reqwest::{client_builder, BearerAuthMiddleware, MAX_REDIRECTS};
 use docplanner_auth::testing::FakeDocplanner;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -161,9 +161,9 @@ async fn setup() -> Setup {
 }
 
 impl Setup {
-    /// The documented client: `client_builder()` of the middleware.
+    /// The documented client: from `docplanner_auth::reqwest::client_builder(api_base)`.
     fn safe_client(&self) -> ClientWithMiddleware {
-        self.client(self.auth.client_builder())
+        self.client(client_builder(&self.api.base("127.0.0.1")).unwrap())
     }
 
     /// A client with reqwest's default redirect policy: what the docs warn against.
@@ -268,6 +268,22 @@ async fn a_single_cross_origin_hop_is_not_followed() {
         response.headers()["location"],
         only.as_str(),
         "the caller can follow it by hand, without the token"
+    );
+    assert_eq!(s.tls_foreign.seen(), []);
+}
+
+/// The middleware's own `client_builder()` (all its API origins) applies the same rule.
+#[tokio::test]
+async fn the_middlewares_client_builder_stops_at_the_first_hop_too() {
+    let s = setup().await;
+    s.two_hop_chain("/b", &s.tls_foreign, "127.0.0.1");
+    s.api.redirect("/e", "/f");
+    let client = s.client(s.auth.client_builder());
+    assert_eq!(s.get(&client, "/b").await.status(), StatusCode::FOUND);
+    assert_eq!(s.get(&client, "/e").await.status(), StatusCode::OK);
+    assert_eq!(
+        s.api.seen(),
+        [s.at_api("/b"), s.at_api("/e"), s.at_api("/f")]
     );
     assert_eq!(s.tls_foreign.seen(), []);
 }
