@@ -15,7 +15,7 @@
 //! API instead.
 
 use docplanner_auth::docplanner::{Credentials, ENV_CLIENT_ID, ENV_CLIENT_SECRET, ENV_DOMAIN};
-use docplanner_auth::reqwest::BearerAuthMiddleware;
+use docplanner_auth::reqwest::{client_builder, BearerAuthMiddleware};
 use docplanner_auth::source::ReqwestClient;
 use docplanner_auth::testing::FakeDocplanner;
 use docplanner_auth::{BoxError, ClientCredentials, TokenCache};
@@ -38,8 +38,9 @@ async fn main() -> Result<(), BoxError> {
             "Calling the real Docplanner API of {} ({api_base}).",
             credentials.domain()
         );
-        // The operating system's roots (reqwest's platform verifier).
-        let http = reqwest::Client::builder().build()?;
+        // Redirects never leave the API; the operating system's roots (reqwest's platform
+        // verifier).
+        let http = client_builder(&api_base)?.build()?;
         let source = credentials.client_credentials(ReqwestClient::new(http.clone()))?;
         return get_facilities(http, source, &api_base).await;
     }
@@ -49,15 +50,16 @@ async fn main() -> Result<(), BoxError> {
     let certificate = fake
         .certificate_der()
         .ok_or("the fake has no certificate")?;
-    let http = reqwest::Client::builder()
+    // Redirects never leave the API; only the fake's certificate is trusted.
+    let http = client_builder(&fake.api_base())?
         .tls_certs_only([reqwest::Certificate::from_der(certificate)?])
         .build()?;
-    let source = ClientCredentials::new(
-        ReqwestClient::new(http.clone()),
-        &fake.token_url(),
-        fake.client_id(),
-        fake.client_secret(),
-    )?;
+    // The fake's 127.0.0.1 token URL is not one of Docplanner's hosts: ask for Docplanner's
+    // scope explicitly.
+    let source =
+        ClientCredentials::builder(&fake.token_url(), fake.client_id(), fake.client_secret())
+            .scope("integration")
+            .build(ReqwestClient::new(http.clone()))?;
     get_facilities(http, source, &fake.api_base()).await?;
     let stats = fake.stats();
     println!(
@@ -68,7 +70,8 @@ async fn main() -> Result<(), BoxError> {
 }
 
 /// `GET /facilities` through `http`, authenticated with tokens from `source`, which fetches
-/// them through a clone of the same `http`.
+/// them through a clone of the same `http`. `http` comes from `client_builder(api_base)`:
+/// see the `reqwest` module's docs.
 async fn get_facilities(
     http: reqwest::Client,
     source: ClientCredentials<ReqwestClient>,

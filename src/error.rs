@@ -322,19 +322,17 @@ impl std::error::Error for Error {
 }
 
 /// Shorten text that came from a server (an error description) to something fit for a
-/// one-line message: printable characters only, at most `max` characters, never a known
-/// secret, and never a word that looks like a credential (16 or more token characters
-/// mixing letters and digits), since a server may echo a token we cannot know of.
+/// one-line message: printable characters only, at most `max` characters. Every value in
+/// `secrets` (the client secret, the Basic credential as sent, the answer's token) is
+/// replaced by value, whatever it looks like; then, as a second net for a token we cannot
+/// know of, any word that looks like a credential (16 or more token characters mixing
+/// letters and digits).
 pub(crate) fn scrub(text: &str, max: usize, secrets: &[&str]) -> String {
-    let mut flat: String = text
+    let flat: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        if flat.contains(secret) {
-            flat = flat.replace(secret, "[redacted]");
-        }
-    }
+    let flat = redact(&flat, secrets);
     let words: Vec<String> = flat
         .split(' ')
         .map(|word| {
@@ -349,6 +347,32 @@ pub(crate) fn scrub(text: &str, max: usize, secrets: &[&str]) -> String {
     let mut out: String = joined.chars().take(max).collect();
     if joined.chars().count() > max {
         out.push('…');
+    }
+    out
+}
+
+/// `text` with every occurrence of every secret, overlapping ones included, replaced by
+/// one `[redacted]` per run, in one pass over the original text (so that neither a short
+/// secret inside a longer one nor the word `[redacted]` itself changes what matches).
+fn redact(text: &str, secrets: &[&str]) -> String {
+    let mut hidden = vec![false; text.len()];
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        for (at, _) in text.match_indices(secret) {
+            hidden[at..at + secret.len()].fill(true);
+        }
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut in_run = false;
+    for (at, c) in text.char_indices() {
+        if hidden[at] {
+            if !in_run {
+                out.push_str("[redacted]");
+            }
+            in_run = true;
+        } else {
+            out.push(c);
+            in_run = false;
+        }
     }
     out
 }
@@ -392,6 +416,10 @@ mod tests {
     fn scrub_shortens_flattens_and_redacts() {
         let s = scrub("line\none s3cret and more", 100, &["s3cret"]);
         assert_eq!(s, "line one [redacted] and more");
+        let s = scrub("tok abcdef x", 100, &["c", "abcdef"]);
+        assert_eq!(s, "tok [redacted] x", "a secret inside another");
+        let s = scrub("a1b2 x defg", 100, &["e", "b2", "a1b"]);
+        assert_eq!(s, "[redacted] x d[redacted]fg", "overlapping secrets");
         assert_eq!(scrub("abcdef", 3, &[]), "abc…");
         let s = scrub("token fake-1-63be29759c1e1aa1, expired.", 100, &[]);
         assert_eq!(s, "token [redacted] expired.");

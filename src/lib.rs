@@ -168,7 +168,8 @@
 //!
 //! With feature `reqwest`, [`reqwest::BearerAuthMiddleware`] gives a reqwest-middleware
 //! client the same behaviour, and can share the [`TokenCache`] of a tower stack (one token
-//! for both): see the [`reqwest`] module and `examples/reqwest_client.rs`.
+//! for both): see the [`reqwest`] module and `examples/reqwest_client.rs`. Build its reqwest
+//! client with [`reqwest::client_builder`], whose redirects never leave the API.
 //! [`source::ReqwestClient`] fetches the tokens through the application's own
 //! `reqwest::Client`: with `default-features = false, features = ["reqwest"]` a reqwest
 //! application builds one HTTP stack and one TLS library, not two.
@@ -363,12 +364,18 @@
 //!   a configured API host; anything else fails with [`Error::is_insecure_scheme`] or
 //!   [`Error::is_host_not_allowed`] before the inner service or the token endpoint is
 //!   called. The token URL must be `https` too. Plain `http` is possible to loopback hosts
-//!   only, with an explicit `allow_http_loopback(true)`, for tests.
+//!   only, with an explicit `allow_http_loopback(true)`, for tests. A `Host` header naming
+//!   another host than the URI is refused too. Redirects: `FollowRedirectLayer` outside the
+//!   layer (see "Composing with tower-http"); for reqwest, the client of
+//!   [`reqwest::client_builder`].
 //! * **Redaction.** `Debug` of every type prints `[redacted]` for secrets and tokens;
-//!   error messages never contain them (a server echoing the secret is scrubbed); the
+//!   error messages never contain them (a server echoing the secret, the Basic credential
+//!   or the token is scrubbed by value, in every field); the
 //!   `Authorization` headers we build are marked sensitive (never HPACK-indexed).
-//! * **Memory.** The client secret, the Basic credentials header and the token bytes are
-//!   zeroized when dropped.
+//! * **Memory.** The client secret, the Basic credentials header, the token response body
+//!   and the token bytes are zeroized when dropped; the token is parsed in place, without
+//!   an intermediate copy. `SECURITY.md` lists the copies outside our control, and each
+//!   promise with the attack tried and its test.
 //! * **What is stored where.** Without a store, the token lives in process memory only.
 //!   With [`store::RedisStore`], Redis holds the access token and its issue and expiry times
 //!   (the key expires with the token) under a hashed key, plus a short-lived lock holding a

@@ -1,12 +1,14 @@
 //! Where a secret may travel: the origin (scheme, host, port) checks shared by the token
 //! URL of [`ClientCredentials`](crate::ClientCredentials) and the API hosts of
-//! [`BearerAuthLayer`](crate::BearerAuthLayer).
+//! [`BearerAuthLayer`](crate::BearerAuthLayer) and the reqwest middleware, including the
+//! check that a caller's `Host` header names the host the request really goes to.
 
 use std::fmt;
 use std::net::IpAddr;
 
-use http::uri::Scheme;
-use http::Uri;
+use http::header::HOST;
+use http::uri::{Authority, Scheme};
+use http::{HeaderMap, Uri};
 
 use crate::error::{Error, Kind};
 
@@ -179,6 +181,21 @@ impl Scope {
         }
     }
 
+    /// [`check_uri`](Self::check_uri), and a caller's `Host` header, if any, must name
+    /// the same host and port as the URI (see [`check_host_header`]).
+    #[inline]
+    pub(crate) fn check_request(&self, uri: &Uri, headers: &HeaderMap) -> Result<(), Error> {
+        self.check_uri(uri)?;
+        match uri.authority() {
+            Some(authority) => check_host_header(
+                headers,
+                uri.scheme() == Some(&Scheme::HTTPS),
+                authority.as_str(),
+            ),
+            None => Ok(()), // refused by `check_uri` already
+        }
+    }
+
     /// May a token be attached to a request with this scheme, authority (`host[:port]`,
     /// as written in the URL) and host?
     #[inline]
@@ -208,6 +225,58 @@ impl Scope {
             ));
         }
         Ok(())
+    }
+}
+
+/// A caller's `Host` header must name the host and port the request really goes to
+/// (`authority`, from its URI): a front end that routes by `Host` would otherwise see the
+/// token for another name. No `Host` header is fine (the client writes it from the URI);
+/// two are refused.
+#[inline]
+pub(crate) fn check_host_header(
+    headers: &HeaderMap,
+    https: bool,
+    authority: &str,
+) -> Result<(), Error> {
+    let mut values = headers.get_all(HOST).iter();
+    let Some(value) = values.next() else {
+        return Ok(());
+    };
+    let same = values.next().is_none()
+        && value
+            .to_str()
+            .is_ok_and(|host| same_authority(host, authority, https));
+    if same {
+        return Ok(());
+    }
+    // The header's value is the caller's, not a secret, but it may be anything: never
+    // echo it.
+    Err(Error::new(
+        Kind::HostNotAllowed,
+        format!(
+            "refused to attach the token to a request for {authority} whose Host header names              another host: remove the Host header (the client writes it from the URL) or              send the request to that host's URL"
+        ),
+    ))
+}
+
+/// Whether two authorities (`host[:port]`) name the same host and port, the port defaulting
+/// to the scheme's. User info never matches.
+fn same_authority(a: &str, b: &str, https: bool) -> bool {
+    if a.eq_ignore_ascii_case(b) {
+        return !a.contains('@');
+    }
+    let default_port = if https { 443 } else { 80 };
+    let parse = |s: &str| {
+        s.parse::<Authority>()
+            .ok()
+            .filter(|a| !a.as_str().contains('@'))
+            .map(|a| (a.host().to_owned(), a.port_u16().unwrap_or(default_port)))
+    };
+    match (parse(a), parse(b)) {
+        (Some((host_a, port_a)), Some((host_b, port_b))) => {
+            port_a == port_b && host_a.eq_ignore_ascii_case(&host_b)
+        }
+        _ => false,
     }
 }
 
@@ -249,5 +318,55 @@ mod tests {
         assert!(Origin::parse_config("x", "not a url")
             .unwrap_err()
             .is_config());
+    }
+
+    #[test]
+    fn host_header_must_name_the_uri_authority() {
+        let check = |host: &[&str], https: bool, authority: &str| {
+            let mut headers = HeaderMap::new();
+            for h in host {
+                headers.append(HOST, h.parse().unwrap());
+            }
+            check_host_header(&headers, https, authority)
+        };
+        let ok = [
+            (&[][..], true, "www.doctoralia.es"),
+            (&["www.doctoralia.es"], true, "www.doctoralia.es"),
+            (&["WWW.Doctoralia.es"], true, "www.doctoralia.es"),
+            (&["www.doctoralia.es:443"], true, "www.doctoralia.es"),
+            (&["www.doctoralia.es"], true, "www.doctoralia.es:443"),
+            (&["127.0.0.1:8443"], true, "127.0.0.1:8443"),
+            (&["127.0.0.1"], false, "127.0.0.1:80"),
+            (&["[::1]:8443"], true, "[::1]:8443"),
+        ];
+        for (host, https, authority) in ok {
+            assert!(
+                check(host, https, authority).is_ok(),
+                "{host:?} {authority}"
+            );
+        }
+        let refused = [
+            (&["evil.example"][..], true, "www.doctoralia.es"),
+            (&["www.doctoralia.es:8443"], true, "www.doctoralia.es"),
+            (&["www.doctoralia.es:80"], true, "www.doctoralia.es"),
+            (&["localhost:8443"], true, "127.0.0.1:8443"),
+            (&["user@www.doctoralia.es"], true, "www.doctoralia.es"),
+            (
+                &["www.doctoralia.es", "evil.example"],
+                true,
+                "www.doctoralia.es",
+            ),
+            (
+                &["www.doctoralia.es", "www.doctoralia.es"],
+                true,
+                "www.doctoralia.es",
+            ),
+            (&[""], true, "www.doctoralia.es"),
+        ];
+        for (host, https, authority) in refused {
+            let error = check(host, https, authority).unwrap_err();
+            assert!(error.is_host_not_allowed(), "{host:?} {authority}");
+            assert!(!error.to_string().contains("evil"), "{error}");
+        }
     }
 }

@@ -16,14 +16,34 @@
 //!   body but a stream). A streamed body, the same token handed out again, a failing token
 //!   endpoint or a second `401` all return that `401` to the caller: never a loop.
 //!
-//! # What reqwest does before and after the middleware
+//! # Redirects: build the client with [`client_builder`]
+//!
+//! reqwest follows redirects inside its client, *after* the middleware, and every hop is
+//! rebuilt from the original request's headers, the token included. reqwest drops
+//! `Authorization` only when a hop changes scheme, host or port compared with the hop just
+//! before it, so with its default policy a chain `API → https://other/a → http://other/b`
+//! sends the token again to `other/b`, in clear text. The middleware cannot change the
+//! policy of a client it is given; build the client from [`client_builder`] (or give
+//! [`redirect_policy`] to your own builder; with several API hosts, use the middleware's
+//! [`client_builder`](BearerAuthMiddleware::client_builder)): it follows redirects inside
+//! the configured API origins and stops at the first hop that would leave them, handing
+//! that `3xx` to the caller, so no redirect chain can carry the token elsewhere (nor the
+//! Basic credential of token requests sent through the same client).
+//!
+//! Defence in depth: when a response comes back from a URL outside the configured origins
+//! (a client with another redirect policy followed a redirect away), the middleware logs
+//! an `error!` event and counts it (metric `docplanner_auth_redirected_outside_total` with
+//! feature `metrics`), so an application running an unsafe client finds out.
+//!
+//! # What reqwest does before the middleware
 //!
 //! * **User info.** reqwest's `RequestBuilder` moves `user:password@` out of the URL into
 //!   an `Authorization: Basic` header before any middleware runs; the middleware checks
 //!   the host the request really goes to and replaces that header with the bearer token.
 //!   A [`reqwest::Request`] built by hand that still has user info in its URL is refused.
-//! * **Redirects** are followed inside reqwest's client, after the middleware: reqwest
-//!   drops the `Authorization` header when a redirect changes the scheme, host or port.
+//! * **A `Host` header** naming another host than the URL's is refused
+//!   ([`Error::is_host_not_allowed`]): a front end routing by `Host` would see the token
+//!   for that other name.
 //!
 //! # TLS
 //!
@@ -42,14 +62,16 @@
 //! use docplanner_auth::source::ReqwestClient;
 //! use docplanner_auth::TokenCache;
 //!
-//! // The tokens are fetched through the same reqwest client (its TLS, proxies and pool).
-//! let http = reqwest::Client::new();
+//! let api_base = Domain::Spain.api_base();
+//! // Redirects never leave the API: the client stops at the first hop that would. The
+//! // tokens are fetched through the same client (its TLS, proxies and pool).
+//! let http = docplanner_auth::reqwest::client_builder(&api_base)?.build()?;
 //! let credentials = Credentials::new(Domain::Spain, "client-id", "client-secret");
 //! let source = credentials.client_credentials(ReqwestClient::new(http.clone()))?;
 //! // One cache per credential set; hand clones of it to every stack that should share it.
 //! let cache = TokenCache::new(source);
 //! let client = reqwest_middleware::ClientBuilder::new(http)
-//!     .with(BearerAuthMiddleware::new(cache, &Domain::Spain.api_base())?)
+//!     .with(BearerAuthMiddleware::new(cache, &api_base)?)
 //!     .build();
 //!
 //! let response = client
@@ -66,14 +88,19 @@
 use std::fmt;
 
 use ::reqwest::header::AUTHORIZATION;
-use ::reqwest::{Request, Response, StatusCode};
+use ::reqwest::redirect::{Attempt, Policy};
+use ::reqwest::{Request, Response, StatusCode, Url};
 use http::{Extensions, HeaderValue};
 use reqwest_middleware::{Middleware, Next};
 
 use crate::auth::BearerAuthLayer;
 use crate::cache::{TokenCache, Unauthorized};
 use crate::error::Error;
-use crate::origin::{Origin, Scope};
+use crate::origin::{check_host_header, Origin, Scope};
+
+/// The most redirects [`redirect_policy`] follows inside the API origins: 10, reqwest's
+/// own default.
+pub const MAX_REDIRECTS: usize = 10;
 
 /// Adds `Authorization: Bearer <token>` to every request of a
 /// [`reqwest_middleware::ClientWithMiddleware`], from a shared [`TokenCache`], and replays
@@ -124,17 +151,52 @@ impl BearerAuthMiddleware {
         &self.cache
     }
 
+    /// [`redirect_policy`] for this middleware's API origins (all of them, with
+    /// [`allow_api_base`](Self::allow_api_base) or [`From<&BearerAuthLayer>`]).
+    pub fn redirect_policy(&self) -> Policy {
+        policy(self.scope.clone())
+    }
+
+    /// [`client_builder`] for this middleware's API origins.
+    pub fn client_builder(&self) -> ::reqwest::ClientBuilder {
+        ::reqwest::Client::builder().redirect(self.redirect_policy())
+    }
+
     /// May the token go with `request`? Counts and logs a refusal.
     fn check(&self, request: &Request) -> Result<(), Error> {
         let url = request.url();
-        // `authority()` is the URL's `user:password@host:port` as written (the port only
-        // when it is not the scheme's default): user info never matches a configured host.
-        let host = url.host_str().unwrap_or_default();
-        let checked = self.scope.check(url.scheme(), url.authority(), host);
+        let checked = check_url(&self.scope, url).and_then(|()| {
+            check_host_header(request.headers(), url.scheme() == "https", url.authority())
+        });
         if let Err(error) = &checked {
             self.cache.count_refused(error);
         }
         checked
+    }
+
+    /// Defence in depth: a response from outside the API origins means the client followed
+    /// a redirect away (it was not built with [`redirect_policy`](Self::redirect_policy)),
+    /// and the token may have gone with it. Say so loudly; the response is returned as it is.
+    fn check_final_url(&self, response: &Response) {
+        if check_url(&self.scope, response.url()).is_ok() {
+            return;
+        }
+        let url = response.url();
+        tracing::error!(
+            cache = %self.cache.name(),
+            scheme = url.scheme(),
+            host = url.host_str().unwrap_or_default(),
+            port = url.port_or_known_default().unwrap_or_default(),
+            "a redirect took an authenticated request outside the API origins, and the token \
+             may have gone with it: build the reqwest client with \
+             docplanner_auth::reqwest::client_builder() or redirect_policy()"
+        );
+        #[cfg(feature = "metrics")]
+        metrics::counter!(
+            "docplanner_auth_redirected_outside_total",
+            "cache" => self.cache.name().to_owned()
+        )
+        .increment(1);
     }
 
     /// A token's header and id: one lock-free load when a usable token is cached, else the
@@ -181,6 +243,7 @@ impl Middleware for BearerAuthMiddleware {
         // The 401 policy is the tower layer's, asked the same way (see `cache/reauth.rs`).
         let mut reauth = self.cache.reauth(used);
         let response = next.clone().run(request, extensions).await?;
+        self.check_final_url(&response);
         if response.status() != StatusCode::UNAUTHORIZED {
             reauth.accepted();
             return Ok(response);
@@ -201,6 +264,7 @@ impl Middleware for BearerAuthMiddleware {
             .insert(AUTHORIZATION, token.header_value().clone());
         reauth.replaying(&token);
         let response = next.run(again, extensions).await?;
+        self.check_final_url(&response);
         if response.status() != StatusCode::UNAUTHORIZED {
             reauth.accepted();
             return Ok(response);
@@ -214,6 +278,76 @@ impl Middleware for BearerAuthMiddleware {
 fn unauthorized(mut response: Response, why: Unauthorized) -> Response {
     response.extensions_mut().insert(why);
     response
+}
+
+/// A redirect policy for a reqwest client that sends requests with a token for the host of
+/// `api_base`: it follows redirects (at most [`MAX_REDIRECTS`]) only while they stay inside
+/// that origin (scheme, host and port), and stops at the first hop that would leave it. The
+/// caller gets that `3xx`, and the token never goes with a redirect elsewhere, however many
+/// hops the chain has. [`client_builder`] sets it; give it to
+/// [`reqwest::ClientBuilder::redirect`] when you build the client yourself.
+///
+/// ```no_run
+/// # fn run() -> Result<(), docplanner_auth::BoxError> {
+/// let policy = docplanner_auth::reqwest::redirect_policy(
+///     "https://www.doctoralia.es/api/v3/integration",
+/// )?;
+/// let http = reqwest::Client::builder().redirect(policy).build()?;
+/// # let _ = http; Ok(()) }
+/// ```
+pub fn redirect_policy(api_base: &str) -> Result<Policy, Error> {
+    let origin = Origin::parse_config("API base", api_base)?;
+    Ok(policy(Scope::new(origin)))
+}
+
+/// A [`reqwest::ClientBuilder`] whose redirects never leave the origin of `api_base` (see
+/// [`redirect_policy`]): build the client for [`BearerAuthMiddleware`] from it, and for the
+/// token requests if they go through reqwest too. Add your own settings (certificates,
+/// timeouts, proxies) before `build()`.
+///
+/// ```no_run
+/// # fn run(cache: docplanner_auth::TokenCache) -> Result<(), docplanner_auth::BoxError> {
+/// use docplanner_auth::reqwest::{client_builder, BearerAuthMiddleware};
+///
+/// let api_base = "https://www.doctoralia.es/api/v3/integration";
+/// let http = client_builder(api_base)?
+///     .timeout(std::time::Duration::from_secs(30))
+///     .build()?;
+/// let client = reqwest_middleware::ClientBuilder::new(http)
+///     .with(BearerAuthMiddleware::new(cache, api_base)?)
+///     .build();
+/// # let _ = client; Ok(()) }
+/// ```
+pub fn client_builder(api_base: &str) -> Result<::reqwest::ClientBuilder, Error> {
+    Ok(::reqwest::Client::builder().redirect(redirect_policy(api_base)?))
+}
+
+/// The one redirect rule: follow inside `scope`, stop at the first hop out of it.
+fn policy(scope: Scope) -> Policy {
+    Policy::custom(move |attempt: Attempt<'_>| {
+        if check_url(&scope, attempt.url()).is_err() {
+            tracing::debug!(
+                status = attempt.status().as_u16(),
+                "redirect out of the API origins not followed; the 3xx goes to the caller"
+            );
+            attempt.stop()
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+/// May the token go to `url`? `authority()` is the URL's `user:password@host:port` as
+/// written (the port only when it is not the scheme's default): user info never matches a
+/// configured host.
+fn check_url(scope: &Scope, url: &Url) -> Result<(), Error> {
+    scope.check(
+        url.scheme(),
+        url.authority(),
+        url.host_str().unwrap_or_default(),
+    )
 }
 
 impl fmt::Debug for BearerAuthMiddleware {

@@ -1,4 +1,6 @@
-//! Secrets in memory: bytes that are wiped when dropped, headers marked sensitive.
+//! Secrets in memory: bytes that are wiped when dropped, headers marked sensitive, and the
+//! exact credential a Basic header carries (scrubbed by value from every message, see
+//! [`scrub`](crate::error::scrub)).
 
 use bytes::Bytes;
 use http::header::InvalidHeaderValue;
@@ -35,6 +37,17 @@ pub(crate) fn sensitive_header(bytes: Vec<u8>) -> Result<HeaderValue, InvalidHea
     Ok(header)
 }
 
+/// The credential of an `Authorization: Basic <credential>` header exactly as it is sent,
+/// without its `=` padding (so that an echo with or without the padding contains it), or
+/// `""` for any other header.
+pub(crate) fn basic_credential(header: &HeaderValue) -> &str {
+    header
+        .to_str()
+        .ok()
+        .and_then(|value| value.strip_prefix("Basic "))
+        .map_or("", |credential| credential.trim_end_matches('='))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -46,5 +59,13 @@ mod tests {
         assert!(header.is_sensitive());
         assert_eq!(header, "Bearer abc");
         assert!(sensitive_header(b"a\nb".to_vec()).is_err());
+    }
+
+    #[test]
+    fn the_basic_credential_as_sent() {
+        let header = sensitive_header(b"Basic bGtncGRlOlludnFqQXhxZnZtcA==".to_vec()).unwrap();
+        assert_eq!(basic_credential(&header), "bGtncGRlOlludnFqQXhxZnZtcA");
+        let bearer = sensitive_header(b"Bearer abc".to_vec()).unwrap();
+        assert_eq!(basic_credential(&bearer), "");
     }
 }

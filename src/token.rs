@@ -66,11 +66,22 @@ impl AccessToken {
         lifetime: Duration,
     ) -> Result<Self, Error> {
         let mut token: String = token.into();
-        let header = bearer_header(token.as_bytes());
+        let built = Self::from_bytes(token.as_bytes(), obtained_at, lifetime);
         token.zeroize();
+        built
+    }
+
+    /// A token from bytes the caller owns (and wipes): the only copy made is the header's,
+    /// which is wiped when the last clone of this token drops.
+    pub(crate) fn from_bytes(
+        token: &[u8],
+        obtained_at: Instant,
+        lifetime: Duration,
+    ) -> Result<Self, Error> {
+        let header = bearer_header(token)?;
         let lifetime = lifetime.min(MAX_LIFETIME);
         Ok(Self {
-            header: header?,
+            header,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             obtained_at,
             expires_at: obtained_at + lifetime,

@@ -44,7 +44,9 @@ fn client_with(fake: &FakeDocplanner, middleware: BearerAuthMiddleware) -> Clien
     // The dev-dependency is reqwest with `rustls-no-provider`: ring, once per process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let certificate = reqwest::Certificate::from_der(fake.certificate_der().unwrap()).unwrap();
-    let http = reqwest::Client::builder()
+    // The documented client: redirects never leave the API.
+    let http = middleware
+        .client_builder()
         .tls_certs_only([certificate])
         .build()
         .unwrap();
@@ -54,6 +56,14 @@ fn client_with(fake: &FakeDocplanner, middleware: BearerAuthMiddleware) -> Clien
 }
 
 impl Setup {
+    /// The fake's HTTPS port.
+    fn port(&self) -> u16 {
+        reqwest::Url::parse(&self.fake.api_base())
+            .unwrap()
+            .port()
+            .unwrap()
+    }
+
     fn facilities(&self) -> String {
         format!("{}/facilities", self.fake.api_base())
     }
@@ -359,10 +369,7 @@ async fn the_tower_layer_and_the_middleware_share_one_cache_and_one_token() {
 #[tokio::test]
 async fn plain_http_and_foreign_hosts_are_refused_before_anything_is_sent() {
     let s = setup().await;
-    let port = reqwest::Url::parse(&s.fake.api_base())
-        .unwrap()
-        .port()
-        .unwrap();
+    let port = s.port();
     let path = "/api/v3/integration/facilities";
     let plain = format!("{}{path}", s.fake.plain_http_base().unwrap());
     let refused = [
@@ -398,13 +405,31 @@ async fn plain_http_and_foreign_hosts_are_refused_before_anything_is_sent() {
     assert_eq!(s.cache.stats().refused_requests, 5);
 }
 
+/// A caller's `Host` header naming another host is refused before anything is sent; one
+/// naming the URL's own host and port goes through.
+#[tokio::test]
+async fn a_host_header_naming_another_host_is_refused() {
+    let s = setup().await;
+    let port = s.port();
+    for host in ["evil.example".to_owned(), format!("localhost:{port}")] {
+        let sent = s.client.get(s.facilities()).header("host", &host).send();
+        let error = refusal(sent.await.unwrap_err());
+        assert!(error.is_host_not_allowed(), "{host}: {error}");
+    }
+    let fake = s.fake.stats();
+    assert_eq!((fake.api_requests, fake.token_requests), (0, 0));
+    assert_eq!(s.cache.stats().refused_requests, 2);
+
+    let same = format!("127.0.0.1:{port}");
+    let sent = s.client.get(s.facilities()).header("host", same).send();
+    assert_eq!(sent.await.unwrap().status(), StatusCode::OK);
+    assert_eq!(s.fake.stats().api_ok, 1);
+}
+
 #[tokio::test]
 async fn user_info_moved_to_a_basic_header_by_reqwest_is_replaced_by_the_token() {
     let s = setup().await;
-    let port = reqwest::Url::parse(&s.fake.api_base())
-        .unwrap()
-        .port()
-        .unwrap();
+    let port = s.port();
     // reqwest's RequestBuilder turns `user:pass@` into `Authorization: Basic …` and strips
     // it from the URL; the host is the configured one, and the Basic credentials never
     // leave: the middleware's bearer header replaces them.

@@ -1,6 +1,9 @@
-//! Where a token may go (https, configured hosts only) and what may be printed (never a
-//! secret or a token).
+//! Where a token may go (https, configured hosts only), what may be printed (never a
+//! secret or a token), and what stays in memory (no unwiped copy of a token freed by us).
 #![allow(clippy::unwrap_used)]
+// A global allocator is unsafe to implement; it forwards to `System`, and only looks at
+// the blocks freed on a thread that armed it (see `Scanning`).
+#![allow(unsafe_code)]
 
 mod support;
 
@@ -15,7 +18,7 @@ use docplanner_auth::{
 };
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use support::in_process;
+use support::{in_process, Captured};
 use tower::{service_fn, Layer, ServiceExt};
 
 fn error_of(result: Result<impl std::fmt::Debug, BoxError>) -> Error {
@@ -61,6 +64,40 @@ async fn no_token_for_plain_http_foreign_hosts_or_relative_uris() {
         "the token endpoint was never called"
     );
     assert_eq!(s.cache.stats().refused_requests, 5);
+}
+
+/// A caller's `Host` header naming another host is refused (a front end routing by `Host`
+/// would see the token for that name); one naming the URI's own host and port is fine.
+#[tokio::test]
+async fn a_host_header_naming_another_host_is_refused() {
+    let s = in_process();
+    let refused = [
+        "evil.example",
+        "www.fake-docplanner.test:8443",
+        "www.fake-docplanner.test.evil.example",
+    ];
+    for host in refused {
+        let request = Request::get(s.facilities())
+            .header(http::header::HOST, host)
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let error = error_of(s.client.clone().oneshot(request).await);
+        assert!(error.is_host_not_allowed(), "{host}: {error}");
+        assert!(!error.to_string().contains("evil"), "never echoed: {error}");
+    }
+    let fake = s.fake.stats();
+    assert_eq!((fake.api_requests, fake.token_requests), (0, 0));
+    assert_eq!(s.cache.stats().refused_requests, 3);
+
+    for host in ["www.fake-docplanner.test", "WWW.fake-docplanner.test:443"] {
+        let request = Request::get(s.facilities())
+            .header(http::header::HOST, host)
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let response = s.client.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{host}");
+    }
+    assert_eq!(s.fake.stats().api_ok, 2);
 }
 
 /// Plain http reaches a loopback host only with the explicit opt-in.
@@ -199,7 +236,209 @@ async fn nothing_prints_a_secret_or_a_token() {
     assert!(printed.iter().any(|t| t.contains("[redacted]")));
 }
 
+/// The review's example, end to end: id `lkgpde`, secret `YnvqjAxqfvmp` (no digit, so no
+/// heuristic catches them), echoed by the token endpoint in `expires_in` (a string), in
+/// `token_type`, and as the Basic credential in `error`/`error_description`: scrubbed by
+/// value from `Display`, `Debug` and the logs.
+#[tokio::test]
+async fn an_echoed_secret_or_basic_credential_is_scrubbed_by_value_everywhere() {
+    const ID: &str = "lkgpde";
+    const SECRET: &str = "YnvqjAxqfvmp";
+    let basic = base64_of(&format!("{ID}:{SECRET}"));
+    assert_eq!(basic, "bGtncGRlOlludnFqQXhxZnZtcA==");
+    let fake = FakeDocplanner::builder()
+        .client_id(ID)
+        .client_secret(SECRET)
+        .in_process();
+
+    let (captured, _logs) = Captured::install(tracing::Level::TRACE);
+
+    let bodies = [
+        (
+            200,
+            format!(r#"{{"access_token":"abc","expires_in":"{SECRET}"}}"#),
+        ),
+        (
+            200,
+            format!(r#"{{"access_token":"abc","token_type":"{SECRET}"}}"#),
+        ),
+        (
+            200,
+            format!(r#"{{"access_token":"abc","token_type":"Basic {basic}"}}"#),
+        ),
+        (401, format!(r#"{{"error":"{basic}"}}"#)),
+        (
+            400,
+            format!(
+                r#"{{"error":"invalid_client","error_description":"got Basic {basic} for {ID}:{SECRET}"}}"#
+            ),
+        ),
+        (
+            503,
+            format!(r#"{{"error":"temporarily_unavailable","error_description":"{SECRET}"}}"#),
+        ),
+    ];
+    let mut printed = Vec::new();
+    for (status, body) in bodies {
+        let fresh = fake.cache().unwrap();
+        fake.fail_next_token_requests(
+            1,
+            TokenFault::Body {
+                status: StatusCode::from_u16(status).unwrap(),
+                content_type: "application/json",
+                body,
+            },
+        );
+        let error = fresh.token().await.unwrap_err();
+        assert!(error.is_token_endpoint(), "{error}");
+        printed.push(format!("{error}"));
+        printed.push(format!("{error:?}"));
+    }
+    let logs = captured.text();
+    assert!(logs.contains("WARN"), "the failures were logged: {logs}");
+    printed.push(logs);
+    let unpadded = basic.trim_end_matches('=');
+    for text in &printed {
+        assert!(!text.contains(SECRET), "secret in: {text}");
+        assert!(!text.contains(unpadded), "Basic credential in: {text}");
+    }
+    assert!(
+        printed[..12].iter().all(|t| t.contains("[redacted]")),
+        "{printed:?}"
+    );
+}
+
+/// A token the endpoint gave us earlier, echoed in a later error, is scrubbed by value even
+/// when no heuristic would catch it (letters only).
+#[tokio::test]
+async fn an_earlier_token_echoed_in_a_later_error_is_scrubbed() {
+    use docplanner_auth::TokenSource as _;
+    const EARLIER: &str = "onlyLettersNoDigitsEarlierToken";
+    let answers = Arc::new(AtomicU32::new(0));
+    let server = service_fn(move |_request: Request<Full<Bytes>>| {
+        let (status, body) = match answers.fetch_add(1, Ordering::SeqCst) {
+            0 => (
+                200,
+                format!(r#"{{"access_token":"{EARLIER}","expires_in":60}}"#),
+            ),
+            _ => (
+                400,
+                format!(
+                    r#"{{"error":"invalid_grant","error_description":"{EARLIER} is revoked"}}"#
+                ),
+            ),
+        };
+        let response = Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        async move { Ok::<_, BoxError>(response) }
+    });
+    let credentials = ClientCredentials::new(
+        server,
+        "https://www.doctoralia.es/oauth/v2/token",
+        "id",
+        "client-secret-value",
+    )
+    .unwrap();
+    assert_eq!(credentials.fetch().await.unwrap().secret(), EARLIER);
+    let error = credentials.fetch().await.unwrap_err();
+    for shown in [error.to_string(), format!("{error:?}")] {
+        assert!(!shown.contains(EARLIER), "{shown}");
+        assert!(shown.contains("[redacted] is revoked"), "{shown}");
+    }
+}
+
 fn base64_of(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// A global allocator that, on the threads that arm it, looks into every block as it is
+/// freed and counts those still holding [`NEEDLE`]: a copy of the token that nobody wiped.
+/// `realloc` is left to the default (alloc, copy, dealloc), so a moved block is seen too.
+struct Scanning;
+
+const NEEDLE: &[u8] = b"zeroize-me-7f3a9c1e5b2d4f6a8c0e";
+
+thread_local! {
+    static ARMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static UNWIPED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+unsafe impl std::alloc::GlobalAlloc for Scanning {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        if ARMED.try_with(|a| a.get()).unwrap_or(false) && layout.size() >= NEEDLE.len() {
+            // SAFETY: `ptr` is a live block of `layout.size()` bytes until freed below.
+            let block = unsafe { std::slice::from_raw_parts(ptr, layout.size()) };
+            if block.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
+                let _ = UNWIPED.try_with(|n| n.set(n.get() + 1));
+            }
+        }
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Scanning = Scanning;
+
+/// Bytes standing in for the HTTP client's buffer: wiped on drop, so that only the
+/// crate's own copies can be seen by the scanner.
+struct WipedBody(Vec<u8>);
+
+impl AsRef<[u8]> for WipedBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for WipedBody {
+    fn drop(&mut self) {
+        use zeroize::Zeroize as _;
+        self.0.zeroize();
+    }
+}
+
+/// Fetching a token, parsing it and dropping it frees no block that still holds the token:
+/// the body buffer is wiped, the JSON is read in place (an escaped token is unescaped into
+/// wiped memory), and the header bytes are wiped when the token drops. Measured: 0 unwiped
+/// blocks for a plain token; 1 for a token written with JSON escapes, serde_json's own
+/// scratch buffer (out of our reach, listed in SECURITY.md). A stray `to_owned()` of the
+/// token in the parser, or an unwiped body buffer, makes it 1 (2).
+#[tokio::test(flavor = "current_thread")]
+async fn a_fetched_and_dropped_token_leaves_no_unwiped_copy_of_ours() {
+    use docplanner_auth::TokenSource as _;
+
+    let token = std::str::from_utf8(NEEDLE).unwrap();
+    // Built before arming: the test's own formatting is not the crate's business.
+    let plain = format!(r#"{{"access_token":"{token}","token_type":"bearer","expires_in":60}}"#);
+    // The same with JSON escapes (`\u002d` for `-`): the parser must unescape it.
+    let escaped = plain.replace("me-", "me\\u002d");
+    for (body, expected) in [(plain, 0), (escaped, 1)] {
+        let body = Bytes::from_owner(WipedBody(body.into_bytes()));
+        let server = service_fn(move |_request: Request<Full<Bytes>>| {
+            let body = body.clone(); // shares, copies nothing
+            async move { Ok::<_, BoxError>(Response::new(Full::new(body))) }
+        });
+        let credentials =
+            ClientCredentials::builder("https://www.doctoralia.es/oauth/v2/token", "id", "secret")
+                .build(server)
+                .unwrap();
+
+        ARMED.with(|a| a.set(true));
+        let fetched = credentials.fetch().await.unwrap();
+        let same = fetched.secret().as_bytes() == NEEDLE;
+        drop(fetched);
+        ARMED.with(|a| a.set(false));
+
+        assert!(same, "the token was read");
+        assert_eq!(
+            UNWIPED.with(|n| n.replace(0)),
+            expected,
+            "unwiped copies freed"
+        );
+    }
 }

@@ -8,6 +8,8 @@
 //! they receive, `Authorization` header included.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -26,7 +28,8 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::CertificateDer;
+use support::tls_acceptor;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_http::follow_redirect::policy::{self, Policy};
 use tower_http::follow_redirect::FollowRedirectLayer;
@@ -145,25 +148,6 @@ fn answer(state: &SiteState, request: &Request<Incoming>) -> Response<Full<Bytes
             .unwrap(),
         None => Response::new(Full::new(Bytes::from_static(b"ok"))),
     }
-}
-
-fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, CertificateDer<'static>) {
-    let generated =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .unwrap();
-    let der = generated.cert.der().clone();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-        generated.signing_key.serialize_der(),
-    ));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![der.clone()], key)
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), der)
 }
 
 /// A bring-your-own hyper-util client that trusts the fake and `sites`, and that speaks

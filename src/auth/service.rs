@@ -67,7 +67,11 @@ where
         // Use the service that was polled ready; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        if let Err(error) = self.config.scope.check_uri(request.uri()) {
+        if let Err(error) = self
+            .config
+            .scope
+            .check_request(request.uri(), request.headers())
+        {
             self.config.cache.count_refused(&error);
             return ResponseFuture::refused(inner, &self.config, error);
         }

@@ -2,24 +2,25 @@
 
 use std::fmt;
 use std::future::poll_fn;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, Uri};
 use http_body::Body;
-use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use http_body_util::{Full, LengthLimitError};
 use tokio::time::Instant;
 use tower_service::Service;
 use tracing::Instrument as _;
 use zeroize::Zeroizing;
 
-use super::response::{parse, Context};
+use super::response::{parse, read_body, Context};
 use super::{TokenSource, DEFAULT_SCOPE, MAX_TOKEN_RESPONSE_BYTES};
 use crate::docplanner::Domain;
 use crate::error::{scrub, BoxError, Error, Kind};
 use crate::origin::{require_secure, Origin};
-use crate::secret::{sensitive_header, wiped_bytes};
+use crate::secret::{basic_credential, sensitive_header, wiped_bytes};
 use crate::token::AccessToken;
 
 /// How the client authenticates to the token endpoint (RFC 6749 §2.3.1).
@@ -120,6 +121,12 @@ pub struct ClientCredentials<C> {
     form: Bytes,
     /// Kept only to scrub it from any message that would echo it.
     secret: Zeroizing<String>,
+    /// The secret form-urlencoded (as `client_secret_post` and RFC Basic send it), to
+    /// scrub an echo of that form too.
+    encoded_secret: Zeroizing<String>,
+    /// The last token obtained (sharing its wiped bytes), kept only to scrub it by value
+    /// from a later answer that would echo it.
+    last_token: Arc<Mutex<Option<AccessToken>>>,
 }
 
 impl<C> ClientCredentials<C> {
@@ -189,12 +196,17 @@ impl<C> ClientCredentials<C> {
         })
     }
 
-    fn context(&self) -> Context<'_> {
+    fn context<'a>(&'a self, last_token: Option<&'a AccessToken>) -> Context<'a> {
         Context {
             host: &self.authority,
             docplanner: self.docplanner,
             scope: &self.scope,
-            secrets: [self.secret.as_str()],
+            secrets: [
+                self.secret.as_str(),
+                self.encoded_secret.as_str(),
+                self.authorization.as_ref().map_or("", basic_credential),
+                last_token.map_or("", AccessToken::secret),
+            ],
         }
     }
 }
@@ -253,8 +265,8 @@ where
             .await
             .map_err(|e| transport("could not reach", e.into()))?;
         let (head, body) = response.into_parts();
-        let body = match Limited::new(body, MAX_TOKEN_RESPONSE_BYTES).collect().await {
-            Ok(collected) => collected.to_bytes(),
+        let body = match read_body(body).await {
+            Ok(body) => body,
             Err(e) if e.is::<LengthLimitError>() => {
                 return Err(Error::new(
                     Kind::InvalidResponse,
@@ -274,8 +286,18 @@ where
                 ))
             }
         };
-        let (token, lifetime) = parse(head.status, &head.headers, &body, &self.context())?;
-        AccessToken::obtained_at(token, started, lifetime)
+        let last = self.last_token.lock().ok().and_then(|last| last.clone());
+        let token = parse(
+            head.status,
+            &head.headers,
+            &body,
+            &self.context(last.as_ref()),
+            started,
+        )?;
+        if let Ok(mut last) = self.last_token.lock() {
+            *last = Some(token.clone());
+        }
+        Ok(token)
     }
 }
 
@@ -486,7 +508,9 @@ impl ClientCredentialsBuilder {
             auth,
             authorization,
             form,
+            encoded_secret: form_encoded(&self.secret),
             secret: self.secret,
+            last_token: Arc::default(),
         })
     }
 }
@@ -796,7 +820,8 @@ mod tests {
                 status,
                 &http::HeaderMap::new(),
                 body.as_bytes(),
-                &c.context(),
+                &c.context(None),
+                tokio::time::Instant::now(),
             )
             .unwrap_err()
             .to_string()

@@ -1,24 +1,38 @@
-//! Reading the token endpoint's answer: a token and its lifetime, or a typed error that
-//! says what to do. Never panics, whatever the bytes.
+//! Reading the token endpoint's answer: the body into a buffer that is wiped afterwards,
+//! then a token and its lifetime, or a typed error that says what to do. Never panics,
+//! whatever the bytes; never makes an unwiped copy of the token (the JSON is read in place,
+//! the token borrowed from the buffer); never puts a known secret, the Basic credential or
+//! the token into a message, whichever field the server echoes it in.
 
+use std::fmt;
+use std::pin::pin;
 use std::time::{Duration, SystemTime};
 
+use bytes::Buf;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, StatusCode};
-use serde_json::{Map, Value};
+use http_body::Body;
+use http_body_util::{BodyExt as _, Limited};
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Number;
+use tokio::time::Instant;
+use zeroize::Zeroizing;
 
-use super::DEFAULT_TOKEN_LIFETIME;
-use crate::error::{is_transient_status, scrub, Error, Kind};
+use super::{DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_RESPONSE_BYTES};
+use crate::error::{is_transient_status, scrub, BoxError, Error, Kind};
+use crate::token::AccessToken;
 
 /// Who answered, for messages: the token endpoint's host (and port, if not the default),
 /// whether it is Docplanner's, and the secrets that must never appear in a message even if
-/// the server echoes them.
+/// the server echoes them (the client secret as given and form-urlencoded, the exact Basic
+/// credential sent, see [`basic_credential`](crate::secret::basic_credential), and the
+/// last token obtained).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Context<'a> {
     pub(crate) host: &'a str,
     pub(crate) docplanner: bool,
     pub(crate) scope: &'a str,
-    pub(crate) secrets: [&'a str; 1],
+    pub(crate) secrets: [&'a str; 4],
 }
 
 impl Context<'_> {
@@ -42,7 +56,43 @@ impl Context<'_> {
     }
 }
 
-/// Parse a token endpoint answer into the token string and its lifetime.
+/// Read a token response body, at most [`MAX_TOKEN_RESPONSE_BYTES`], into a buffer that is
+/// wiped when dropped (and wiped before each of its rare reallocations), so that the token
+/// it holds leaves no copy of ours behind. The body's own chunks belong to the HTTP client.
+///
+/// Fails with the body's error, or a `LengthLimitError` when the body is too large.
+pub(crate) async fn read_body<B>(body: B) -> Result<Zeroizing<Vec<u8>>, BoxError>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let hint = body.size_hint();
+    let expected = hint.exact().unwrap_or(hint.lower());
+    let mut buffer = Zeroizing::new(Vec::with_capacity(
+        usize::try_from(expected).map_or(1024, |n| n.clamp(1024, MAX_TOKEN_RESPONSE_BYTES)),
+    ));
+    let mut body = pin!(Limited::new(body, MAX_TOKEN_RESPONSE_BYTES));
+    while let Some(frame) = body.frame().await {
+        let Ok(mut data) = frame?.into_data() else {
+            continue; // trailers
+        };
+        while data.has_remaining() {
+            let chunk = data.chunk();
+            if buffer.capacity() - buffer.len() < chunk.len() {
+                let needed = buffer.len() + chunk.len();
+                let mut grown = Zeroizing::new(Vec::with_capacity(needed.max(2 * buffer.len())));
+                grown.extend_from_slice(&buffer);
+                buffer = grown; // the old buffer is wiped as it drops
+            }
+            buffer.extend_from_slice(chunk);
+            let read = chunk.len();
+            data.advance(read);
+        }
+    }
+    Ok(buffer)
+}
+
+/// Parse a token endpoint answer into the token string and its lifetime (capped at 24 h).
 ///
 /// Public (hidden) for the fuzz target and property tests only.
 #[doc(hidden)]
@@ -51,34 +101,54 @@ pub fn parse_token_response(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(String, Duration), Error> {
-    parse(
-        status,
-        headers,
-        body,
-        &Context {
-            host: "token.example",
-            docplanner: false,
-            scope: "integration",
-            secrets: [""],
-        },
-    )
+    let cx = Context {
+        host: "token.example",
+        docplanner: false,
+        scope: "integration",
+        secrets: ["", "", "", ""],
+    };
+    let token = parse(status, headers, body, &cx, Instant::now())?;
+    Ok((token.secret().to_owned(), token.lifetime()))
 }
 
+/// Parse a token endpoint answer into a token obtained at `obtained_at`.
 pub(crate) fn parse(
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
     cx: &Context<'_>,
-) -> Result<(String, Duration), Error> {
-    let json = serde_json::from_slice::<Value>(body).ok();
-    let object = json.as_ref().and_then(Value::as_object);
-    if let Some(code) = object.and_then(|o| o.get("error")).and_then(Value::as_str) {
-        return Err(oauth_error(status, code, object, headers, cx));
+    obtained_at: Instant,
+) -> Result<AccessToken, Error> {
+    // An object only: serde would also read a struct from a JSON array, field by field.
+    let answer = body
+        .trim_ascii_start()
+        .starts_with(b"{")
+        .then(|| serde_json::from_slice::<Answer<'_>>(body).ok())
+        .flatten();
+    // Every value a server could echo that must not be printed: the secret, the Basic
+    // credential, the last token, and the token of this very answer.
+    let token_text = match answer.as_ref().and_then(|a| a.access_token.as_ref()) {
+        Some(Field::Text(text)) => text.as_str(),
+        _ => "",
+    };
+    let [secret, encoded, basic, last_token] = cx.secrets;
+    let known = [secret, encoded, basic, last_token, token_text];
+    if let Some(Field::Text(code)) = answer.as_ref().and_then(|a| a.error.as_ref()) {
+        let answer = answer.as_ref();
+        let description = answer.and_then(|a| a.error_description.as_ref());
+        return Err(oauth_error(
+            status,
+            code.as_str(),
+            description,
+            headers,
+            cx,
+            &known,
+        ));
     }
     if !status.is_success() {
         return Err(status_error(status, headers, cx));
     }
-    let Some(object) = object else {
+    let Some(answer) = &answer else {
         return Err(invalid(format!(
             "the token endpoint {} answered {status} with {}, not a JSON token: check the \
              token URL (a proxy or captive portal may be answering instead)",
@@ -86,9 +156,9 @@ pub(crate) fn parse(
             describe_body(headers, body)
         )));
     };
-    let token = match object.get("access_token") {
-        Some(Value::String(token)) if !token.is_empty() => token.clone(),
-        Some(Value::String(_)) => {
+    match &answer.access_token {
+        Some(Field::Text(token)) if !token.as_str().is_empty() => {}
+        Some(Field::Text(_)) => {
             return Err(invalid(format!(
                 "the token endpoint {} returned an empty access_token: check that this client \
                  may use the client-credentials grant",
@@ -109,30 +179,150 @@ pub(crate) fn parse(
                 cx.host
             )))
         }
-    };
-    match object.get("token_type") {
-        None | Some(Value::Null) => {} // Docplanner always sends it; tolerate its absence.
-        Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
+    }
+    match &answer.token_type {
+        None => {} // Docplanner always sends it; tolerate its absence (or null).
+        Some(Field::Text(t)) if t.as_str().eq_ignore_ascii_case("bearer") => {}
         Some(other) => {
             return Err(invalid(format!(
                 "the token endpoint {} returned a token of type {}, not a bearer token: \
                  this client only sends bearer tokens",
                 cx.host,
-                scrub(&other.to_string(), 40, &[&token])
+                match other {
+                    Field::Text(t) => format!("{:?}", scrub(t.as_str(), 40, &known)),
+                    other => other.json_type().to_owned(),
+                }
             )))
         }
     }
-    let lifetime = lifetime(object, cx)?;
-    Ok((token, lifetime))
+    let lifetime = lifetime(answer.expires_in.as_ref(), cx, &known)?;
+    AccessToken::from_bytes(token_text.as_bytes(), obtained_at, lifetime)
 }
 
 fn invalid(message: String) -> Error {
     Error::new(Kind::InvalidResponse, message)
 }
 
+/// The fields of a token response this crate reads; any other is skipped unread. `null`
+/// and absent are the same (`None`).
+#[derive(serde::Deserialize)]
+struct Answer<'a> {
+    #[serde(borrow, default)]
+    access_token: Option<Field<'a>>,
+    #[serde(borrow, default)]
+    token_type: Option<Field<'a>>,
+    #[serde(borrow, default)]
+    expires_in: Option<Field<'a>>,
+    #[serde(borrow, default)]
+    error: Option<Field<'a>>,
+    #[serde(borrow, default)]
+    error_description: Option<Field<'a>>,
+}
+
+/// One JSON value of a token response, read in place: a string is borrowed from the body
+/// (copied, into memory wiped on drop, only when it has escapes); arrays and objects are
+/// skipped, only their type is kept.
+enum Field<'a> {
+    Bool,
+    Number(Number),
+    Text(Text<'a>),
+    Array,
+    Object,
+}
+
+/// A JSON string: borrowed from the body, or unescaped into memory wiped on drop.
+enum Text<'a> {
+    Borrowed(&'a str),
+    Unescaped(Zeroizing<String>),
+}
+
+impl Text<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Text::Borrowed(text) => text,
+            Text::Unescaped(text) => text,
+        }
+    }
+}
+
+impl Field<'_> {
+    fn json_type(&self) -> &'static str {
+        match self {
+            Field::Bool => "boolean",
+            Field::Number(_) => "number",
+            Field::Text(_) => "string",
+            Field::Array => "array",
+            Field::Object => "object",
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(FieldVisitor)
+    }
+}
+
+struct FieldVisitor;
+
+impl<'de> Visitor<'de> for FieldVisitor {
+    type Value = Field<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Field::Bool)
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
+        Ok(Field::Number(n.into()))
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
+        Ok(Field::Number(n.into()))
+    }
+
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<Self::Value, E> {
+        // JSON has no NaN or infinity: serde_json never gives one.
+        Number::from_f64(n)
+            .map(Field::Number)
+            .ok_or_else(|| E::custom("not a finite number"))
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
+        Ok(Field::Text(Text::Borrowed(text)))
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        Ok(Field::Text(Text::Unescaped(Zeroizing::new(
+            text.to_owned(),
+        ))))
+    }
+
+    fn visit_string<E: de::Error>(self, text: String) -> Result<Self::Value, E> {
+        Ok(Field::Text(Text::Unescaped(Zeroizing::new(text))))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Field::Array)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Field::Object)
+    }
+}
+
 /// `expires_in`: a positive whole number of seconds (a numeric string is accepted too);
 /// absent or null means [`DEFAULT_TOKEN_LIFETIME`]. Values above 24 h are capped later.
-fn lifetime(object: &Map<String, Value>, cx: &Context<'_>) -> Result<Duration, Error> {
+fn lifetime(
+    expires_in: Option<&Field<'_>>,
+    cx: &Context<'_>,
+    known: &[&str],
+) -> Result<Duration, Error> {
     let bad = |what: &str| {
         invalid(format!(
             "the token endpoint {} returned expires_in {what}: expected a positive number \
@@ -140,9 +330,9 @@ fn lifetime(object: &Map<String, Value>, cx: &Context<'_>) -> Result<Duration, E
             cx.host
         ))
     };
-    let seconds = match object.get("expires_in") {
-        None | Some(Value::Null) => return Ok(DEFAULT_TOKEN_LIFETIME),
-        Some(Value::Number(n)) => {
+    let seconds = match expires_in {
+        None => return Ok(DEFAULT_TOKEN_LIFETIME),
+        Some(Field::Number(n)) => {
             if let Some(s) = n.as_u64() {
                 s
             } else if n.as_i64().is_some() {
@@ -155,11 +345,14 @@ fn lifetime(object: &Map<String, Value>, cx: &Context<'_>) -> Result<Duration, E
                 }
             }
         }
-        Some(Value::String(s)) => match s.trim().parse::<u64>() {
+        Some(Field::Text(s)) => match s.as_str().trim().parse::<u64>() {
             Ok(n) => n,
-            Err(_) => return Err(bad(&format!("= {:?} (not a number)", scrub(s, 20, &[])))),
+            Err(_) => {
+                let shown = scrub(s.as_str(), 20, known);
+                return Err(bad(&format!("= {shown:?} (not a number)")));
+            }
         },
-        Some(other) => return Err(bad(&format!("of type {}", json_type(other)))),
+        Some(other) => return Err(bad(&format!("of type {}", other.json_type()))),
     };
     if seconds == 0 {
         return Err(bad("= 0 (the token would already be expired)"));
@@ -167,30 +360,19 @@ fn lifetime(object: &Map<String, Value>, cx: &Context<'_>) -> Result<Duration, E
     Ok(Duration::from_secs(seconds))
 }
 
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
 fn oauth_error(
     status: StatusCode,
     code: &str,
-    object: Option<&Map<String, Value>>,
+    description: Option<&Field<'_>>,
     headers: &HeaderMap,
     cx: &Context<'_>,
+    known: &[&str],
 ) -> Error {
-    let code = scrub(code, 40, &cx.secrets);
-    let description = object
-        .and_then(|o| o.get("error_description"))
-        .and_then(Value::as_str)
-        .map(|d| format!(": {}", scrub(d, 120, &cx.secrets)))
-        .unwrap_or_default();
+    let code = scrub(code, 40, known);
+    let description = match description {
+        Some(Field::Text(d)) => format!(": {}", scrub(d.as_str(), 120, known)),
+        _ => String::new(),
+    };
     let host = cx.host;
     let domain = cx.domain();
     let advice = match code.as_str() {
@@ -298,8 +480,9 @@ fn describe_body(headers: &HeaderMap, body: &[u8]) -> String {
         .unwrap_or("");
     if body.is_empty() {
         "an empty body".to_owned()
-    } else if serde_json::from_slice::<Value>(body).is_ok() {
-        "JSON that is not an object".to_owned()
+    } else if serde_json::from_slice::<IgnoredAny>(body).is_ok() {
+        // Skipped unread: no copy of what it holds.
+        "JSON that is not an object (or an object with a field given twice)".to_owned()
     } else if content_type.contains("html") || body.trim_ascii_start().starts_with(b"<") {
         "an HTML page".to_owned()
     } else {
@@ -325,6 +508,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use proptest::prelude::*;
+    use serde_json::Value;
 
     fn ok(body: &str) -> Result<(String, Duration), Error> {
         parse_token_response(StatusCode::OK, &HeaderMap::new(), body.as_bytes())
@@ -416,6 +600,110 @@ mod tests {
                 }
                 Err(e) => prop_assert!(e.is_token_endpoint()),
             }
+        }
+    }
+
+    /// The issue's example: id `lkgpde`, secret `YnvqjAxqfvmp`, Basic credential
+    /// `bGtncGRlOlludnFqQXhxZnZtcA==` (no digit: the word heuristic misses it).
+    const SECRET: &str = "YnvqjAxqfvmp";
+    const BASIC: &str = "bGtncGRlOlludnFqQXhxZnZtcA";
+    const TOKEN: &str = "tokenWithoutDigitsAtAll";
+
+    /// Every field of a token response carrying the secret, the Basic credential (padded or
+    /// not) or the answer's own token, under every status class: no `Display` or `Debug` of
+    /// the resulting error contains any of them.
+    #[test]
+    fn an_echoed_secret_basic_credential_or_token_is_scrubbed_from_every_field() {
+        let cx = Context {
+            host: "www.doctoralia.es",
+            docplanner: true,
+            scope: "integration",
+            secrets: [SECRET, "", BASIC, ""],
+        };
+        let padded = format!("{BASIC}==");
+        let echoes = [
+            SECRET.to_owned(),
+            padded.clone(),
+            BASIC.to_owned(),
+            format!("lkgpde:{SECRET}"),
+            format!("Basic {padded}"),
+            TOKEN.to_owned(),
+            format!("bad {SECRET} value"),
+            format!("{TOKEN}/{SECRET}"),
+        ];
+        let fields = [
+            "access_token",
+            "token_type",
+            "expires_in",
+            "scope",
+            "error",
+            "error_description",
+            "unknown",
+        ];
+        let mut errors = 0;
+        let mut shown_fields = std::collections::BTreeSet::new();
+        for status in [200, 400, 401, 503] {
+            let status = StatusCode::from_u16(status).unwrap();
+            for field in fields {
+                for echo in &echoes {
+                    let mut answer = serde_json::json!({
+                        "access_token": TOKEN,
+                        "token_type": "bearer",
+                        "expires_in": 3600,
+                    });
+                    // The echo once as the field's value, once JSON-escaped (`\u0059…`).
+                    if field == "error_description" {
+                        answer["error"] = "invalid_client".into();
+                    }
+                    answer[field] = Value::String(echo.clone());
+                    let plain = answer.to_string();
+                    let escaped = plain.replace('Y', "\\u0059");
+                    for body in [plain, escaped] {
+                        let Err(error) = parse(
+                            status,
+                            &HeaderMap::new(),
+                            body.as_bytes(),
+                            &cx,
+                            Instant::now(),
+                        ) else {
+                            continue;
+                        };
+                        errors += 1;
+                        for shown in [error.to_string(), format!("{error:?}")] {
+                            for secret in [SECRET, BASIC, TOKEN] {
+                                assert!(
+                                    !shown.contains(secret),
+                                    "{status} {field}={echo:?}: {shown}"
+                                );
+                            }
+                            if shown.contains("[redacted]") {
+                                shown_fields.insert(field);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(errors >= 300, "{errors} error paths tried");
+        // The fields a message quotes, each scrubbed rather than dropped.
+        assert_eq!(
+            shown_fields.into_iter().collect::<Vec<_>>(),
+            ["error", "error_description", "expires_in", "token_type"]
+        );
+    }
+
+    /// The parser reads the token in place: one owned copy only when it has JSON escapes.
+    #[test]
+    fn strings_are_borrowed_unless_escaped() {
+        let body = br#"{"access_token":"abc","error":"x\u0041y"}"#;
+        let answer: Answer<'_> = serde_json::from_slice(body).unwrap();
+        assert!(matches!(
+            answer.access_token,
+            Some(Field::Text(Text::Borrowed("abc")))
+        ));
+        match answer.error {
+            Some(Field::Text(Text::Unescaped(text))) => assert_eq!(text.as_str(), "xAy"),
+            _ => panic!("an escaped string is unescaped"),
         }
     }
 }
