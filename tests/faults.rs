@@ -15,9 +15,9 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use docplanner_auth::cache::{Backoff, RefreshPolicy, DEFAULT_TOKEN_REQUEST_TIMEOUT};
+use docplanner_auth::cache::{Backoff, RefreshPolicy, TokenState, DEFAULT_TOKEN_REQUEST_TIMEOUT};
 use docplanner_auth::testing::{FakeDocplanner, TokenFault};
-use docplanner_auth::Error;
+use docplanner_auth::{Error, Unauthorized};
 use http::StatusCode;
 use support::{in_process_with, Setup};
 use tokio::time::{advance, sleep, Instant};
@@ -338,4 +338,77 @@ async fn the_token_server_down_then_back_over_tcp() {
     assert!(error.is_transient(), "{error:?}");
     sleep(Duration::from_millis(150)).await;
     assert!(fresh.token().await.is_ok());
+}
+
+/// (c') The same outages right after a 401 for a token the API still accepts (a request
+/// rejected for its own reasons): the token becomes suspect, and stays in use through the
+/// outage; its replacement is retried on the backoff schedule, not per request; the 401
+/// goes back with the refresh error; when the fault clears, the suspect token is replaced.
+#[tokio::test(start_paused = true)]
+async fn faults_after_a_401_keep_the_suspect_token_in_use() {
+    let mut table = Vec::new();
+    for case in cases() {
+        let s = Arc::new(setup());
+        let first = s.cache.token().await.unwrap();
+        s.fake.fail_all_token_requests(case.fault.clone());
+        // One spurious 401: its replay waits for a refresh that fails.
+        s.fake.set_api_always_401(true);
+        let rejected = {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move { s.get().await.unwrap() })
+        };
+        while s.fake.stats().api_forced_401 == 0 {
+            tokio::task::yield_now().await;
+        }
+        s.fake.set_api_always_401(false);
+        let (ok, typed, _) = outage_traffic(&s, &case).await;
+        assert_eq!(
+            (ok, typed),
+            (10_000, 0),
+            "{}: the suspect token was served throughout",
+            case.name
+        );
+        let rejected = rejected.await.unwrap();
+        assert_eq!(rejected.status(), StatusCode::UNAUTHORIZED);
+        let why = rejected.extensions().get::<Unauthorized>().unwrap();
+        assert!(
+            why.refresh_error().is_some_and(|e| (case.check)(e)),
+            "{}: the refresh error travels with the 401: {why:?}",
+            case.name
+        );
+        // Counted by the fake: the first token, then the attempts the schedule allows
+        // (the first one forced by the 401 at the start of the window).
+        let attempts = s.fake.stats().token_requests - 1;
+        assert_eq!(
+            attempts,
+            expected_attempts(&case),
+            "{}: follows the backoff schedule",
+            case.name
+        );
+        assert_eq!(s.cache.status().state, TokenState::Suspect, "{}", case.name);
+        assert!(s.cache.cached().unwrap().same_secret(&first));
+
+        s.fake.clear_token_faults();
+        let took = time_to_recover(&s, |s| {
+            s.cache.cached().is_some_and(|t| !t.same_secret(&first))
+        })
+        .await;
+        assert!(
+            took <= longest_wait(&case),
+            "{}: recovered after {took:?}",
+            case.name
+        );
+        let fake = s.fake.stats();
+        assert_eq!(fake.tokens_issued, 2, "{}", case.name);
+        assert_eq!(fake.sent_without_valid_token(), 0);
+        table.push(format!(
+            "| {} | 200 (10,000 of 10,000) | {} | {:?} |",
+            case.name, attempts, took
+        ));
+    }
+    println!("| fault | caller sees (suspect token after a 401) | token requests in 100 s | new token after clearing |");
+    println!("|---|---|---|---|");
+    for row in table {
+        println!("{row}");
+    }
 }

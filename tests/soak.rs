@@ -1,8 +1,10 @@
 //! Soak: 100,000 requests from 16 concurrent workers across 20 one-hour token lifetimes
 //! (20 h on Tokio's paused clock, a few seconds of CI time), a quarter of them bookings
-//! with a body, with all tokens revoked at random moments. The fake's counters prove that
-//! no request carried an expired token or no token, that every request got exactly one
-//! final answer, and that token requests stay within lifetimes + revocations.
+//! with a body, with, at random moments: all tokens revoked; two revocations a second or
+//! two apart; a spurious 401 while the token endpoint is down for a minute (the token turns
+//! suspect and must stay in use). The fake's counters prove that no request carried an
+//! expired token or no token, that every request got exactly one final answer, and that
+//! token requests stay within lifetimes + revocations + outage retries.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -11,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use docplanner_auth::testing::TokenFault;
 use http::StatusCode;
 use http_body_util::Full;
 use support::{booking_json, in_process};
@@ -52,14 +55,46 @@ async fn soak_100k_requests_over_20_lifetimes_with_revocations() {
         .collect();
 
     let revoked = Arc::new(AtomicU64::new(0));
+    let suspect_episodes = Arc::new(AtomicU64::new(0));
     let revoker = {
-        let (s, revoked) = (Arc::clone(&s), Arc::clone(&revoked));
+        let (s, revoked, episodes) = (
+            Arc::clone(&s),
+            Arc::clone(&revoked),
+            Arc::clone(&suspect_episodes),
+        );
         tokio::spawn(async move {
             let mut rng = fastrand::Rng::with_seed(99);
             loop {
                 sleep(Duration::from_secs(rng.u64(1_000..5_000))).await;
-                s.fake.revoke_all_tokens();
-                revoked.fetch_add(1, Ordering::Relaxed);
+                match rng.u8(0..3) {
+                    0 => {
+                        s.fake.revoke_all_tokens();
+                        revoked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    1 => {
+                        // Two revocations a second or two apart: both must be healed.
+                        s.fake.revoke_all_tokens();
+                        sleep(Duration::from_millis(rng.u64(1_000..3_000))).await;
+                        s.fake.revoke_all_tokens();
+                        revoked.fetch_add(2, Ordering::Relaxed);
+                    }
+                    _ => {
+                        // A spurious 401 while the token endpoint is down for a minute.
+                        s.fake.fail_all_token_requests(TokenFault::Status {
+                            status: StatusCode::SERVICE_UNAVAILABLE,
+                            retry_after: None,
+                        });
+                        let before = s.fake.stats().api_forced_401;
+                        s.fake.set_api_always_401(true);
+                        while s.fake.stats().api_forced_401 == before {
+                            sleep(Duration::from_millis(10)).await;
+                        }
+                        s.fake.set_api_always_401(false);
+                        episodes.fetch_add(1, Ordering::Relaxed);
+                        sleep(Duration::from_secs(60)).await;
+                        s.fake.clear_token_faults();
+                    }
+                }
             }
         })
     };
@@ -72,15 +107,17 @@ async fn soak_100k_requests_over_20_lifetimes_with_revocations() {
     let cache = s.cache.stats();
     let (ok, rejected) = (ok.load(Ordering::Relaxed), rejected.load(Ordering::Relaxed));
     let revocations = revoked.load(Ordering::Relaxed);
+    let episodes = suspect_episodes.load(Ordering::Relaxed);
 
     println!(
-        "soak: requests={} ok={ok} final_401={rejected} virtual_time={elapsed:?} revocations={revocations} \
-         token_requests={} invalidations={} replays={} api_revoked={} expired_sent={} no_token_sent={}",
+        "soak: requests={} ok={ok} final_401={rejected} virtual_time={elapsed:?} revocations={revocations} suspect_episodes={episodes} \
+         token_requests={} invalidations={} replays={} api_revoked={} spurious_401={} expired_sent={} no_token_sent={}",
         WORKERS * PER_WORKER,
         fake.token_requests,
         cache.invalidations,
         cache.replays,
         fake.api_revoked_token,
+        fake.api_forced_401,
         fake.api_expired_token,
         fake.api_no_token
     );
@@ -106,18 +143,29 @@ async fn soak_100k_requests_over_20_lifetimes_with_revocations() {
         revocations >= 10,
         "revocations were injected: {revocations}"
     );
+    assert!(episodes >= 3, "suspect episodes were injected: {episodes}");
     assert!(
-        cache.invalidations <= revocations + rejected,
-        "one invalidation per revocation at most"
+        fake.api_forced_401 >= episodes,
+        "each episode's 401 reached a request"
     );
-    // A request ends in 401 only if the token it was replayed with was revoked while it
-    // was in flight: at most one per worker per revocation (in practice, none).
-    assert!(rejected <= WORKERS * revocations, "final 401s: {rejected}");
+    assert!(
+        cache.invalidations <= revocations + episodes + rejected,
+        "one invalidation per revocation or spurious 401 at most"
+    );
+    // A request ends in 401 only if it was in flight at a spurious 401 (its replay waits
+    // for a refresh the endpoint cannot give), or if the token it was replayed with was
+    // revoked while it was in flight: at most one per worker per event.
+    assert!(
+        rejected <= WORKERS * (revocations + episodes),
+        "final 401s: {rejected}"
+    );
     // Each token is replaced at its refresh moment (at least 3210 s after it was obtained
     // with the default policy: 3600 - 30 margin - 300 lead - 60 jitter) or by a revocation;
-    // a 401 on a replay can drop one more. Hence:
+    // a 401 on a replay can force one more; a minute of outage after a spurious 401 costs
+    // at most 7 failed attempts (at 0, 1, 3, 7, 15, 31 s, and one more) and its success.
+    // Hence:
     let lower = elapsed.as_secs() / 3570; // a token is never used past 3570 s
-    let upper = 1 + elapsed.as_secs() / 3210 + revocations + rejected;
+    let upper = 1 + elapsed.as_secs() / 3210 + revocations + rejected + 8 * episodes;
     assert!(
         (lower..=upper).contains(&fake.token_requests),
         "token requests {} outside {lower}..={upper}",
