@@ -10,11 +10,14 @@
 //!   with `downcast_ref::<docplanner_auth::Error>()`).
 //! * A fresh token costs one lock-free load; N concurrent callers that need a token make
 //!   one token request.
-//! * A `401` invalidates the token that was used (only if it is still the current one), a
+//! * A `401` makes the token that was used suspect (only if it is still the current one), a
 //!   new token is obtained (one refresh for a whole burst of 401s), and the request is sent
 //!   once more if it could be cloned before sending ([`reqwest::Request::try_clone`]: any
 //!   body but a stream). A streamed body, the same token handed out again, a failing token
-//!   endpoint or a second `401` all return that `401` to the caller: never a loop.
+//!   endpoint or a second `401` all return that `401` to the caller, with an
+//!   [`Unauthorized`] in its extensions (`response.extensions().get::<Unauthorized>()`)
+//!   saying why: never a loop. The policy is the tower layer's, in one place (see the
+//!   [401 policy](crate::cache#the-401-policy)).
 //!
 //! # Redirects: build the client with [`client_builder`]
 //!

@@ -44,9 +44,14 @@ impl Backend {
 
     /// `GET /facilities` on the backend, over plain HTTP like a browser would.
     async fn get_facilities(&self) -> Answer {
+        self.get("/facilities").await
+    }
+
+    /// `GET {path}` on the backend.
+    async fn get(&self, path: &str) -> Answer {
         let http = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
         let response = http
-            .get(format!("{}/facilities", self.url).parse().unwrap())
+            .get(format!("{}{path}", self.url).parse().unwrap())
             .await
             .unwrap();
         let status = response.status();
@@ -194,4 +199,40 @@ async fn docplanner_unreachable_is_a_502() {
     assert_eq!(answer.json()["error"], "docplanner_unreachable");
     let first = backend.cache.cached().unwrap().secret().to_owned();
     backend.assert_no_secret(&answer, &[first]);
+}
+
+#[tokio::test]
+async fn healthz_reports_the_token_cache_and_fails_only_while_the_endpoint_does() {
+    let backend = Backend::start(FakeDocplanner::builder().start().await.unwrap()).await;
+    // Before the first request: no token yet, healthy (the first request fetches one).
+    let answer = backend.get("/healthz").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.json()["token"], "empty");
+
+    assert_eq!(backend.get_facilities().await.status, StatusCode::OK);
+    let answer = backend.get("/healthz").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.json()["token"], "fresh");
+    assert_eq!(answer.json()["consecutive_failures"], 0);
+
+    // Rejected credentials and no token left: 503 with the reason, never the secret.
+    backend.cache.invalidate(&backend.cache.cached().unwrap());
+    backend
+        .fake
+        .fail_all_token_requests(TokenFault::InvalidClient(StatusCode::BAD_REQUEST));
+    assert_eq!(
+        backend.get_facilities().await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    let answer = backend.get("/healthz").await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    let json = answer.json();
+    assert_eq!(json["token"], "backing_off");
+    assert_eq!(json["consecutive_failures"], 1);
+    assert!(json["backing_off_for_s"].as_u64().unwrap() > 0);
+    assert!(json["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("check the client id and secret"));
+    backend.assert_no_secret(&answer, &backend.fake.issued_tokens());
 }

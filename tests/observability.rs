@@ -48,3 +48,29 @@ async fn tracing_shows_the_story_and_never_a_secret() {
         println!("{text}");
     }
 }
+
+/// A refresh serves every caller: its span is a root of its own (linked to the request that
+/// triggered it), not a child of that request's span.
+#[tokio::test]
+async fn the_refresh_span_is_not_a_child_of_the_triggering_request() {
+    use tracing::Instrument as _;
+    let (captured, _guard) = Captured::install(tracing::Level::INFO);
+    let cache = docplanner_auth::TokenCache::new(|| async {
+        Ok::<_, docplanner_auth::BoxError>(docplanner_auth::AccessToken::new(
+            "t0k3n",
+            std::time::Duration::from_secs(3600),
+        )?)
+    });
+    cache
+        .token()
+        .instrument(tracing::info_span!("caller_request", id = 7))
+        .await
+        .unwrap();
+    let text = captured.text();
+    let stored = text
+        .lines()
+        .find(|line| line.contains("new access token stored"))
+        .unwrap_or_else(|| panic!("no stored event in:\n{text}"));
+    assert!(stored.contains("docplanner_auth.refresh{"), "{stored}");
+    assert!(!stored.contains("caller_request"), "{stored}");
+}

@@ -11,6 +11,9 @@
 //! | token endpoint failing for now (5xx, 429, timeout, connection) | `503` `docplanner_unavailable`, with `Retry-After` when Docplanner sent one |
 //! | token refused for good (bad credentials…), request refused by the layer (not https, not the API host) | `502` `docplanner_auth_failed` |
 //! | the API itself unreachable | `502` `docplanner_unreachable` |
+//!
+//! `GET /healthz` reports the token cache's [`status`](docplanner_auth::TokenCache::status):
+//! `503` while the token endpoint is failing and no usable token is left, else `200`.
 
 use std::sync::Arc;
 
@@ -39,7 +42,8 @@ struct Docplanner {
     api_base: Arc<str>,
 }
 
-/// The router: `GET /facilities`, proxied to Docplanner's `GET /facilities`.
+/// The router: `GET /facilities`, proxied to Docplanner's `GET /facilities`, and
+/// `GET /healthz`.
 pub(crate) fn app(client: DocplannerClient, api_base: &str) -> Router {
     let docplanner = Docplanner {
         client,
@@ -47,7 +51,28 @@ pub(crate) fn app(client: DocplannerClient, api_base: &str) -> Router {
     };
     Router::new()
         .route("/facilities", get(facilities))
+        .route("/healthz", get(healthz))
         .with_state(docplanner)
+}
+
+/// The token cache's state: `503` while requests would fail fast (no usable token, the
+/// token endpoint backing off), `200` otherwise (an empty cache fetches on first use).
+async fn healthz(State(docplanner): State<Docplanner>) -> Response {
+    let status = docplanner.client.cache().status();
+    let code = if status.is_failing() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = json!({
+        "token": status.state.as_str(),
+        "expires_in_s": status.expires_in.map(|d| d.as_secs()),
+        "backing_off_for_s": status.backing_off_for.map(|d| d.as_secs()),
+        "consecutive_failures": status.consecutive_failures,
+        // Error messages never contain a secret or a token.
+        "last_error": status.last_error.map(|e| e.to_string()),
+    });
+    (code, Json(body)).into_response()
 }
 
 async fn facilities(State(docplanner): State<Docplanner>) -> Response {

@@ -10,6 +10,7 @@ use tower_service::Service;
 use super::body::ReplayBody;
 use super::future::ResponseFuture;
 use super::layer::{BearerAuthLayer, Config};
+use crate::cache::TokenCache;
 use crate::error::BoxError;
 
 /// Middleware that authenticates requests with a bearer token; see [`BearerAuthLayer`].
@@ -30,6 +31,11 @@ impl<S> BearerAuth<S> {
             inner,
             config: Arc::clone(&layer.config),
         }
+    }
+
+    /// The cache the tokens come from (for [`TokenCache::status`] in a health check).
+    pub fn cache(&self) -> &TokenCache {
+        &self.config.cache
     }
 
     /// The inner service.

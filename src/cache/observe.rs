@@ -63,10 +63,26 @@ pub enum TokenState {
     BackingOff,
 }
 
+impl TokenState {
+    /// The state as a short lowercase word (`"fresh"`, `"backing_off"`…), for health
+    /// endpoints and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenState::Empty => "empty",
+            TokenState::Fresh => "fresh",
+            TokenState::Stale => "stale",
+            TokenState::Suspect => "suspect",
+            TokenState::Expired => "expired",
+            TokenState::BackingOff => "backing_off",
+        }
+    }
+}
+
 /// A cache's state at one instant, for health checks ([`TokenCache::status`](super::TokenCache::status)).
 ///
-/// An axum `/healthz` handler, for example, answers 200 while
-/// [`is_usable`](Self::is_usable) and 503 otherwise.
+/// A health endpoint answers 503 while [`is_failing`](Self::is_failing) (no usable token,
+/// and the token endpoint failing), 200 otherwise: an empty or expired cache is healthy,
+/// its next request fetches a token. See `examples/axum_backend` for an axum `/healthz`.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct CacheStatus {
@@ -84,6 +100,12 @@ pub struct CacheStatus {
 }
 
 impl CacheStatus {
+    /// No usable token, and the token endpoint is backing off after failures: requests
+    /// fail fast until it recovers.
+    pub fn is_failing(&self) -> bool {
+        self.state == TokenState::BackingOff
+    }
+
     /// Requests can be sent with a token now (fresh, stale or suspect).
     pub fn is_usable(&self) -> bool {
         matches!(
