@@ -121,8 +121,13 @@ pub struct BearerAuthMiddleware {
 }
 
 impl BearerAuthMiddleware {
-    /// A middleware that authenticates requests to the host of `api_base` (for example
-    /// `https://www.doctoralia.es/api/v3/integration`) with tokens from `cache`.
+    /// A middleware that authenticates requests to the *origin* of `api_base` with tokens from
+    /// `cache`.
+    ///
+    /// Only the origin of `api_base` counts: its scheme, host and port
+    /// (`https://www.doctoralia.es` of `https://www.doctoralia.es/api/v3/integration`). Every
+    /// request to that origin, whatever its path, gets the token; a request to any other
+    /// origin is refused. Pass the API base URL you call, or just the origin.
     ///
     /// Fails when `api_base` is not an absolute `https` URL (or `http` to a loopback host,
     /// which additionally needs [`allow_http_loopback`](Self::allow_http_loopback)).
@@ -134,7 +139,7 @@ impl BearerAuthMiddleware {
         })
     }
 
-    /// Also authenticate requests to the host of `api_base`.
+    /// Also authenticate requests to the origin (scheme, host, port) of `api_base`.
     pub fn allow_api_base(mut self, api_base: &str) -> Result<Self, Error> {
         let origin = Origin::parse_config("API base", api_base)?;
         self.scope.add(origin);

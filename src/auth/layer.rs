@@ -1,11 +1,12 @@
-//! [`BearerAuthLayer`]: the tower layer.
+//! [`BearerAuthLayer`]: the tower layer, and the configuration every [`BearerAuth`] it
+//! makes shares. (Its `Layer` impl sits with the service it builds, in `service.rs`, so that
+//! imports run one way: service → future → layer.)
+//!
+//! [`BearerAuth`]: crate::BearerAuth
 
 use std::sync::Arc;
 
-use tower_layer::Layer;
-
 use super::body::DEFAULT_REPLAY_LIMIT;
-use super::service::BearerAuth;
 use crate::cache::TokenCache;
 use crate::error::Error;
 use crate::origin::{Origin, Scope};
@@ -29,8 +30,13 @@ pub(crate) struct Config {
 }
 
 impl BearerAuthLayer {
-    /// A layer that authenticates requests to the host of `api_base` (for example
-    /// `https://www.doctoralia.es/api/v3/integration`) with tokens from `cache`.
+    /// A layer that authenticates requests to the *origin* of `api_base` with tokens from
+    /// `cache`.
+    ///
+    /// Only the origin of `api_base` counts: its scheme, host and port
+    /// (`https://www.doctoralia.es` of `https://www.doctoralia.es/api/v3/integration`). Every
+    /// request to that origin, whatever its path, gets the token; a request to any other
+    /// origin is refused. Pass the API base URL you call, or just the origin.
     ///
     /// Fails when `api_base` is not an absolute `https` URL (or `http` to a loopback host,
     /// which additionally needs [`allow_http_loopback`](Self::allow_http_loopback)).
@@ -45,7 +51,7 @@ impl BearerAuthLayer {
         })
     }
 
-    /// Also authenticate requests to the host of `api_base`.
+    /// Also authenticate requests to the origin (scheme, host, port) of `api_base`.
     pub fn allow_api_base(mut self, api_base: &str) -> Result<Self, Error> {
         let origin = Origin::parse_config("API base", api_base)?;
         Arc::make_mut(&mut self.config).scope.add(origin);
@@ -76,16 +82,5 @@ impl BearerAuthLayer {
     /// The cache the tokens come from.
     pub fn cache(&self) -> &TokenCache {
         &self.config.cache
-    }
-}
-
-impl<S> Layer<S> for BearerAuthLayer {
-    type Service = BearerAuth<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        BearerAuth {
-            inner,
-            config: Arc::clone(&self.config),
-        }
     }
 }

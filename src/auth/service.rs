@@ -1,10 +1,12 @@
-//! [`BearerAuth`]: the tower service.
+//! [`BearerAuth`]: the tower service, and the `Layer` impl of [`BearerAuthLayer`] that
+//! builds it.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use http_body::Body;
+use tower_layer::Layer;
 use tower_service::Service;
 
 use super::body::ReplayBody;
@@ -82,5 +84,16 @@ where
             return ResponseFuture::refused(inner, &self.config, error);
         }
         ResponseFuture::new(inner, &self.config, request)
+    }
+}
+
+impl<S> Layer<S> for BearerAuthLayer {
+    type Service = BearerAuth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BearerAuth {
+            inner,
+            config: Arc::clone(&self.config),
+        }
     }
 }
