@@ -13,7 +13,8 @@
 //! * refreshed by a single in-flight request (10,000 concurrent callers on a cold start
 //!   make one token request), in the background before it expires, so nobody waits;
 //! * refreshed again when the API answers 401, with the request replayed once (bodies up
-//!   to 64 KiB), never in a loop: the rejected token is only *suspect*, and stays in use
+//!   to 64 KiB, once the inner service has read them whole, as an HTTP client does before
+//!   the answer comes), never in a loop: the rejected token is only *suspect*, and stays in use
 //!   until a new one arrives (and if the refresh fails); every 401 handed back carries an
 //!   [`Unauthorized`] extension saying why (see the [401 policy](cache#the-401-policy));
 //! * only ever sent over HTTPS to the configured API host, in a header marked sensitive,

@@ -184,10 +184,12 @@ impl BearerAuthMiddleware {
 
     /// Defence in depth: a response from outside the API origins means the client followed
     /// a redirect away (it was not built with [`redirect_policy`](Self::redirect_policy)),
-    /// and the token may have gone with it. Say so loudly; the response is returned as it is.
-    fn check_final_url(&self, response: &Response) {
+    /// and the token may have gone with it. Say so loudly, and return whether the response
+    /// came from inside the API origins (one from outside is handed back as it is: a 401
+    /// from there says nothing about the token).
+    fn check_final_url(&self, response: &Response) -> bool {
         if check_url(&self.scope, response.url()).is_ok() {
-            return;
+            return true;
         }
         let url = response.url();
         tracing::error!(
@@ -205,6 +207,7 @@ impl BearerAuthMiddleware {
             "cache" => self.cache.name().to_owned()
         )
         .increment(1);
+        false
     }
 
     /// A token's header and id: one lock-free load when a usable token is cached, else the
@@ -251,7 +254,11 @@ impl Middleware for BearerAuthMiddleware {
         // The 401 policy is the tower layer's, asked the same way (see `cache/reauth.rs`).
         let mut reauth = self.cache.reauth(used);
         let response = next.clone().run(request, extensions).await?;
-        self.check_final_url(&response);
+        if !self.check_final_url(&response) {
+            // The answer came from outside the API origins (a redirect the client
+            // followed): it says nothing about the token, and is handed back untouched.
+            return Ok(response);
+        }
         if response.status() != StatusCode::UNAUTHORIZED {
             reauth.accepted();
             return Ok(response);
@@ -272,7 +279,9 @@ impl Middleware for BearerAuthMiddleware {
             .insert(AUTHORIZATION, token.header_value().clone());
         reauth.replaying(&token);
         let response = next.run(again, extensions).await?;
-        self.check_final_url(&response);
+        if !self.check_final_url(&response) {
+            return Ok(response);
+        }
         if response.status() != StatusCode::UNAUTHORIZED {
             reauth.accepted();
             return Ok(response);

@@ -128,11 +128,22 @@ async fn a_401_that_survives_the_replay_is_a_502_with_a_message() {
     let mut tokens = vec![first];
     tokens.extend(backend.cache.cached().map(|t| t.secret().to_owned()));
     backend.assert_no_secret(&answer, &tokens);
-    // The layer renewed the token and replayed once; the replay was rejected too.
+    // The layer renewed the token and replayed once; the replay was rejected too, which
+    // makes that new token suspect in turn: one more refresh runs in the background.
     assert_eq!(backend.cache.stats().replays, 1);
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while backend.cache.status().state != docplanner_auth::cache::TokenState::Fresh {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the background refresh lands within 5 s");
     let stats = backend.fake.stats();
-    assert_eq!(stats.api_forced_401, 2);
-    assert_eq!(stats.token_requests, 2);
+    assert_eq!(
+        stats.api_forced_401, 2,
+        "sent once, replayed once: never a loop"
+    );
+    assert_eq!(stats.token_requests, 3);
 
     backend.fake.set_api_always_401(false);
     assert_eq!(backend.get_facilities().await.status, StatusCode::OK);

@@ -49,6 +49,9 @@ struct Server {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The path a server answers with `401` (any other answers 302 or 200).
+const DENIED: &str = "/denied";
+
 impl Server {
     async fn start(tls: Option<TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -74,6 +77,9 @@ impl Server {
                                 .map(|v| v.to_str().unwrap().to_owned()),
                         });
                         let response = match routes.lock().unwrap().get(&path) {
+                            None if path == DENIED => hyper::Response::builder()
+                                .status(401)
+                                .body(Full::new(Bytes::new())),
                             Some(location) => hyper::Response::builder()
                                 .status(302)
                                 .header("location", location)
@@ -381,4 +387,34 @@ async fn with_the_default_policy_a_two_hop_chain_leaks_and_the_middleware_report
             "counted twice"
         );
     }
+}
+
+/// With reqwest's default policy a redirect to another origin drops `Authorization`, and
+/// that server's 401 says nothing about the token: the middleware hands it back untouched
+/// (no suspect token, no token request, no replay).
+#[tokio::test]
+async fn a_401_from_outside_the_api_is_not_taken_for_a_token_rejection() {
+    let s = setup().await;
+    s.api.redirect(
+        "/away",
+        format!("{}{DENIED}", s.tls_foreign.base("localhost")),
+    );
+    let client = s.default_client();
+    let response = s.get(&client, "/away").await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(response
+        .extensions()
+        .get::<docplanner_auth::Unauthorized>()
+        .is_none());
+    assert_eq!(s.tls_foreign.seen(), [anonymous(DENIED)]);
+    assert_eq!(s.api.seen(), [s.at_api("/away")], "not replayed");
+    assert_eq!(
+        s.fake.stats().token_requests,
+        1,
+        "the token was not refreshed"
+    );
+    assert_eq!(
+        s.auth.cache().status().state,
+        docplanner_auth::cache::TokenState::Fresh
+    );
 }

@@ -355,6 +355,14 @@ async fn follow_redirect_inside_the_layer_leaks_the_token_on_a_later_hop() {
     let stats = t.fake.stats();
     assert!(stats.plain_http_requests >= 1);
     assert_eq!(stats.plain_http_with_credentials, 0);
+    // That 401 made the token suspect; let its replacement land before the next request.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while t.layer.cache().status().state != docplanner_auth::cache::TokenState::Fresh {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("a fresh token within 5 s");
 
     // Cross-origin hop, then a same-origin hop on the foreign site.
     for other in [&t.other, &t.other_plain] {

@@ -19,6 +19,12 @@ use pin_project_lite::pin_project;
 /// larger one streams through unrecorded and its 401 goes back to the caller. 64 KiB is
 /// linkerd's limit for the same purpose; Docplanner request bodies (a booking, a slot
 /// list) are a few KiB.
+///
+/// The body is recorded as the inner service reads it: a request is replayed only if its
+/// whole body was read before the 401 came back, as an HTTP client does (hyper writes the
+/// body before the answer arrives). An inner service that answers 401 without reading the
+/// body (an in-process mock, a server answering HTTP/2 early) gets its 401 back with
+/// [`Unauthorized::NotReplayable`](crate::Unauthorized::NotReplayable).
 pub const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
 
 pin_project! {

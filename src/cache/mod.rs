@@ -52,7 +52,8 @@
 //! A `401` for token `T` makes `T` suspect only if `T` is still the current token
 //! (compare-and-swap), so a burst of 401s makes one refresh, not many. A token that was
 //! never rejected may always force one refresh; forced refreshes back off only while
-//! freshly fetched tokens keep being rejected before the API accepted them once (see
+//! freshly fetched tokens keep being rejected before the API accepted them once, two in a
+//! row (see
 //! [`DEFAULT_REJECTION_BACKOFF_BASE`]). Every `401` handed back carries an
 //! [`Unauthorized`] extension saying why.
 //!

@@ -12,10 +12,11 @@
 //!   with an [`Unauthorized`] extension that says why. Never a loop.
 //! * Forced refreshes are limited by evidence, not by the clock: a `401` for a token that
 //!   was never rejected may always force one refresh; only while *freshly fetched* tokens
-//!   keep being rejected before the API accepted them even once does the next forced
-//!   refresh wait, [`DEFAULT_REJECTION_BACKOFF_BASE`] doubling up to
-//!   [`DEFAULT_REJECTION_BACKOFF_CAP`]. So two revocations a second apart are both healed,
-//!   and an API that rejects every token is not hammered.
+//!   keep being rejected before the API accepted them even once (two in a row) does the
+//!   next forced refresh wait, [`DEFAULT_REJECTION_BACKOFF_BASE`] doubling up to
+//!   [`DEFAULT_REJECTION_BACKOFF_CAP`]. So two revocations a second apart are both healed
+//!   (even when nothing used the first replacement), and an API that rejects every token
+//!   is not hammered.
 
 use std::fmt;
 use std::future::Future;
@@ -28,9 +29,9 @@ use super::TokenCache;
 use crate::error::Error;
 use crate::token::AccessToken;
 
-/// Default first pause before another refresh forced by a 401, once a freshly fetched
-/// token was rejected before the API accepted it even once: 1 s, doubling with every such
-/// token up to [`DEFAULT_REJECTION_BACKOFF_CAP`].
+/// Default first pause before another refresh forced by a 401, once two freshly fetched
+/// tokens in a row were rejected before the API accepted them even once: 1 s, doubling
+/// with every further such token up to [`DEFAULT_REJECTION_BACKOFF_CAP`].
 ///
 /// A token that was rejected before any request succeeded with it is evidence that new
 /// tokens do not help (an API answering 401 for reasons unrelated to the token); a token
@@ -141,10 +142,14 @@ impl Evidence {
     ) -> bool {
         if self.unconfirmed == Some(used) {
             let streak = self.streak.saturating_add(1);
-            let doublings = (streak - 1).min(31);
-            let wait = base.saturating_mul(1u32 << doublings).min(cap);
-            if self.last_forced.is_some_and(|last| now < last + wait) {
-                return false;
+            // One fresh token rejected before any request used it can be bad luck (revoked
+            // again before anyone used it); two in a row are evidence.
+            if streak >= 2 {
+                let doublings = (streak - 2).min(31);
+                let wait = base.saturating_mul(1u32 << doublings).min(cap);
+                if self.last_forced.is_some_and(|last| now < last + wait) {
+                    return false;
+                }
             }
             self.streak = streak;
         } else {
@@ -271,7 +276,7 @@ mod tests {
     }
 
     #[test]
-    fn fresh_tokens_rejected_unconfirmed_back_off_exponentially_up_to_the_cap() {
+    fn fresh_tokens_rejected_unconfirmed_twice_in_a_row_back_off_exponentially_up_to_the_cap() {
         let t0 = Instant::now();
         let mut e = Evidence::default();
         assert!(e.may_force(1, t0, BASE, CAP));
@@ -287,7 +292,7 @@ mod tests {
         }
         assert_eq!(
             waits,
-            [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 300.0, 300.0, 300.0]
+            [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 300.0, 300.0]
         );
     }
 
