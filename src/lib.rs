@@ -79,10 +79,10 @@
 //!   whatever the redirect policy. A redirect within the API host is followed, the token
 //!   attached again. Inside (after) this layer, the redirected requests are copies of ours,
 //!   `Authorization` included, and only the redirect policy stands between the token and
-//!   the next host: tower-http 0.6's default policy removes it on a cross-origin hop, but
-//!   re-sends the original headers on a later hop that is same-origin for the foreign site
-//!   (tower-http 0.7.0 fixed that), and a policy without `FilterCredentials` (`Limited`,
-//!   `Action::Follow`) sends it on the first hop. A foreign host's 401 would also make this
+//!   the next host: tower-http 0.7's default policy removes it on a cross-origin hop and
+//!   keeps it removed on the later hops (0.6 re-sent the original headers on a later hop
+//!   that was same-origin for the foreign site: upgrade), and a policy without
+//!   `FilterCredentials` (`Limited`, `Action::Follow`) sends it on the first hop. A foreign host's 401 would also make this
 //!   layer renew the token. `tests/tower_http.rs` shows each case with local servers.
 //! * **The timeout outside `BearerAuthLayer`**, so that one budget covers the logical
 //!   request: waiting for a token (cold start, expiry), the request, its replay after a
