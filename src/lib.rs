@@ -24,11 +24,11 @@
 //! # async fn run() -> Result<(), docplanner_auth::BoxError> {
 //! use bytes::Bytes;
 //! use http_body_util::{BodyExt, Full};
-//! use docplanner_auth::docplanner::{self, Domain};
+//! use docplanner_auth::docplanner::{Credentials, Domain};
 //! use tower::ServiceExt;
 //!
 //! // One line: an HTTPS client that authenticates every request to doctoralia.es.
-//! let client = docplanner::client::<Full<Bytes>>(Domain::Spain, "client-id", "client-secret")?;
+//! let client = Credentials::new(Domain::Spain, "client-id", "client-secret").client::<Full<Bytes>>()?;
 //!
 //! let request = http::Request::get(format!("{}/facilities", Domain::Spain.api_base()))
 //!     .body(Full::new(Bytes::new()))?;
@@ -104,7 +104,7 @@
 //! use bytes::Bytes;
 //! use http_body_util::Full;
 //! use docplanner_auth::client::https_client;
-//! use docplanner_auth::docplanner::{self, Domain};
+//! use docplanner_auth::docplanner::{Credentials, Domain};
 //! use docplanner_auth::ReplayBody;
 //! use tower::{ServiceBuilder, ServiceExt};
 //! use tower_http::{follow_redirect::FollowRedirectLayer, trace::TraceLayer};
@@ -113,7 +113,7 @@
 //!     .layer(TraceLayer::new_for_http())
 //!     .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(30)))
 //!     .layer(FollowRedirectLayer::new())
-//!     .layer(docplanner::layer(&Domain::Spain, "client-id", "client-secret")?)
+//!     .layer(Credentials::new(Domain::Spain, "client-id", "client-secret").layer()?)
 //!     .service(https_client::<ReplayBody<Full<Bytes>>>()?);
 //!
 //! let request = http::Request::get(format!("{}/facilities", Domain::Spain.api_base()))
@@ -222,7 +222,7 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `client` | yes | [`client::https_client`] (hyper-util + rustls with ring and the webpki roots) and the one-line [`docplanner::client`] / [`docplanner::layer`] |
+//! | `client` | yes | [`client::https_client`] (hyper-util + rustls with ring and the webpki roots) and the one-line [`Credentials::client`](docplanner::Credentials::client) / [`layer`](docplanner::Credentials::layer) |
 //! | `reqwest` | no | [`reqwest::BearerAuthMiddleware`]: the same authentication for a reqwest-middleware client, sharing the same [`TokenCache`] |
 //! | `redis` | no | [`store::RedisStore`]: one token for a fleet of replicas |
 //! | `metrics` | no | metrics through the [`metrics`](https://docs.rs/metrics) facade |

@@ -38,11 +38,11 @@
 //! ```no_run
 //! # #[cfg(feature = "client")]
 //! # async fn run() -> Result<(), docplanner_auth::BoxError> {
-//! use docplanner_auth::docplanner::{self, Domain};
+//! use docplanner_auth::docplanner::{Credentials, Domain};
 //! use docplanner_auth::reqwest::BearerAuthMiddleware;
 //!
 //! // One cache per credential set; hand clones of it to every stack that should share it.
-//! let cache = docplanner::cache(&Domain::Spain, "client-id", "client-secret")?;
+//! let cache = Credentials::new(Domain::Spain, "client-id", "client-secret").cache()?;
 //! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
 //!     .with(BearerAuthMiddleware::new(cache, &Domain::Spain.api_base())?)
 //!     .build();
