@@ -220,13 +220,19 @@
 //!
 //! # Feature flags
 //!
-//! | feature | default | what it adds |
-//! |---|---|---|
-//! | `client` | yes | [`client::https_client`] (hyper-util + rustls with ring and the webpki roots) and the one-line [`Credentials::client`](docplanner::Credentials::client) / [`layer`](docplanner::Credentials::layer) |
-//! | `reqwest` | no | [`reqwest::BearerAuthMiddleware`]: the same authentication for a reqwest-middleware client, sharing the same [`TokenCache`] |
-//! | `redis` | no | [`store::RedisStore`]: one token for a fleet of replicas |
-//! | `metrics` | no | metrics through the [`metrics`](https://docs.rs/metrics) facade |
-//! | `test-util` | no | [`testing::FakeDocplanner`]: a fake Docplanner over real HTTPS on loopback, with counters and fault switches |
+//! | feature | default | what it adds | Rust | crates built |
+//! |---|---|---|---|---|
+//! | (none) | | the tower layer, [`TokenCache`], [`ClientCredentials`] over your own HTTP service, [`store::MemoryStore`] | 1.85 | 23 |
+//! | `client` | yes | [`client::https_client`] (hyper-util + rustls with ring and the webpki roots, HTTP/1.1 and HTTP/2) and the one-line [`Credentials::client`](docplanner::Credentials::client) / [`layer`](docplanner::Credentials::layer) / [`cache`](docplanner::Credentials::cache) | 1.85 | 58 |
+//! | `reqwest` | no | [`reqwest::BearerAuthMiddleware`]: the same authentication for a reqwest-middleware client, sharing the same [`TokenCache`] | 1.88 | 102 |
+//! | `redis` | no | [`store::RedisStore`] (redis 1.x): one token for a fleet of replicas | 1.88 | 103 |
+//! | `metrics` | no | metrics through the [`metrics`](https://docs.rs/metrics) facade | 1.85 | 60 |
+//! | `test-util` | no | [`testing::FakeDocplanner`]: a fake Docplanner over real HTTPS on loopback, with counters and fault switches | 1.88 | 66 |
+//! | all | | | 1.88 | 125 |
+//!
+//! "Crates built": the dependencies a Linux build of the library compiles (proc-macros
+//! included), each feature on top of the default one, with the repository's `Cargo.lock`;
+//! "Rust": the highest `rust-version` among them. `.ci/msrv.py` derives both.
 //!
 //! # Security
 //!
@@ -254,7 +260,10 @@
 //!
 //! # Minimum supported Rust version
 //!
-//! Rust 1.85.
+//! Rust 1.85 for the default build (`client`) and `metrics`; 1.88 with `redis` (redis
+//! 1.8), `reqwest` (icu 2.4 through url) or `test-util` (time 0.3.55 through rcgen). CI
+//! derives these from the `rust-version` of every dependency (`.ci/msrv.py`) and fails when
+//! one needs more than claimed.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
