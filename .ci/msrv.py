@@ -23,15 +23,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# (name in Cargo.toml's [package.metadata.msrv], cargo arguments)
+LIBRARY = "normal,build"
+# (name in Cargo.toml's [package.metadata.msrv], cargo arguments, dependency kinds)
 FEATURE_SETS = [
-    ("no-default-features", ["--no-default-features"]),
-    ("default", []),
-    ("metrics", ["--features", "metrics"]),
-    ("redis", ["--features", "redis"]),
-    ("reqwest", ["--features", "reqwest"]),
-    ("test-util", ["--features", "test-util"]),
-    ("all-features", ["--all-features"]),
+    ("no-default-features", ["--no-default-features"], LIBRARY),
+    ("default", [], LIBRARY),
+    ("metrics", ["--features", "metrics"], LIBRARY),
+    ("redis", ["--features", "redis"], LIBRARY),
+    ("reqwest", ["--features", "reqwest"], LIBRARY),
+    ("test-util", ["--features", "test-util"], LIBRARY),
+    ("all-features", ["--all-features"], LIBRARY),
+    # Not the library's: what `cargo test --all-features` in this repository needs.
+    ("tests", ["--all-features"], "normal,build,dev"),
 ]
 
 LINE = re.compile(r"^(\S+) v(\S+)")
@@ -49,11 +52,9 @@ def version_key(version: str) -> tuple[int, int, int]:
     return (parts[0], parts[1], parts[2])
 
 
-def packages(args: list[str]) -> set[tuple[str, str]]:
-    """(name, version) of every package a library build with `args` compiles."""
-    tree = cargo(
-        "tree", "--locked", "-e", "normal,build", "--prefix", "none", "--format", "{p}", *args
-    )
+def packages(args: list[str], edges: str) -> set[tuple[str, str]]:
+    """(name, version) of every package a build with `args` compiles."""
+    tree = cargo("tree", "--locked", "-e", edges, "--prefix", "none", "--format", "{p}", *args)
     found = set()
     for line in tree.splitlines():
         match = LINE.match(line)
@@ -74,10 +75,10 @@ def main() -> int:
 
     failures = []
     rows = []
-    for name, args in FEATURE_SETS:
+    for name, args, edges in FEATURE_SETS:
         needs = [
             (rust_versions.get(pkg) or "0", pkg)
-            for pkg in packages(args)
+            for pkg in packages(args, edges)
             if pkg[0] != package["name"]
         ]
         needed, (by_name, by_version) = max(
