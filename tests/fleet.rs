@@ -328,6 +328,42 @@ async fn a_lock_without_expiry_is_taken_over_and_the_token_published() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_the_applications_own_connections_share_one_token() {
+    let Some(redis) =
+        RedisServer::start("replicas_on_the_applications_own_connections_share_one_token")
+    else {
+        return;
+    };
+    let fake = FakeDocplanner::builder().in_process();
+    let mut fleet = Vec::new();
+    for i in 0..4 {
+        // The application's own connection (a multiplexed one here; a connection manager,
+        // a cluster or a sentinel connection go the same way), under its own key prefix.
+        let client = redis::Client::open(redis.url()).unwrap();
+        let connection = client.get_multiplexed_async_connection().await.unwrap();
+        let store = RedisStore::with_connection(connection).prefix("app-a:");
+        let credentials = fake.credentials().unwrap();
+        let key = credentials.store_key();
+        let cache = TokenCache::builder(credentials)
+            .name(format!("replica-{i}"))
+            .store(store, key)
+            .build();
+        let client = fake.layer(cache.clone()).unwrap().layer(fake.service());
+        fleet.push(Arc::new(Replica { cache, client }));
+    }
+    assert_eq!(load(&fake, &fleet, 25).await, 100);
+    assert_eq!(
+        fake.stats().token_requests,
+        1,
+        "one token request fleet-wide"
+    );
+    let adopted: u64 = fleet.iter().map(|r| r.cache.stats().store_adoptions).sum();
+    assert_eq!(adopted, 3);
+    let key = format!("app-a:{}", fake.credentials().unwrap().store_key().as_str());
+    assert_ne!(redis.command(&["GET", &key]).await, redis::Value::Nil);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_client_ids_never_see_each_others_tokens() {
     let Some(redis) = RedisServer::start("two_client_ids_never_see_each_others_tokens") else {
         return;
