@@ -1,8 +1,8 @@
 //! Two ways to an authenticated hyper-util client: `cargo run --example hyper_client`.
 //!
 //! 1. **The built-in client**: hyper-util's pooled client over rustls, from
-//!    `docplanner::client(domain, id, secret)` or `Credentials::from_env()?.client()` in one
-//!    line.
+//!    `Credentials::new(domain, id, secret).client()` or `Credentials::from_env()?.client()`
+//!    in one line.
 //! 2. **Your own `hyper_util::client::legacy::Client`** (your connector, TLS roots, pool
 //!    settings), composed with [`BearerAuthLayer`] through `tower::ServiceBuilder`, with
 //!    tower-http's `TraceLayer` and `FollowRedirectLayer` and a timeout in the recommended
@@ -84,8 +84,8 @@ async fn run() -> Result<(), BoxError> {
     };
     let facilities = format!("{}/facilities", target.api_base);
 
-    // 1. The built-in client. `docplanner::client(domain, id, secret)` and
-    //    `Credentials::client()` build exactly this in one line, with a cache of their own.
+    // 1. The built-in client. `Credentials::client()` builds exactly this in one line, with
+    //    a cache of its own.
     println!("1. Built-in client (hyper-util + rustls):");
     let built_in: BearerAuth<HttpsClient<Sent>> =
         BearerAuth::new(target.built_in.clone(), &target.layer);

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use docplanner_auth::docplanner::{self, Domain};
+use docplanner_auth::docplanner::{Credentials, Domain};
 use docplanner_auth::testing::FakeDocplanner;
 use docplanner_auth::{BoxError, TokenCache};
 use futures_util::future::join_all;
@@ -43,7 +43,7 @@ async fn real_api(domain: String, id: &str, secret: &str) -> Result<(), BoxError
         "Calling the real Docplanner API of {domain} ({}).",
         domain.api_base()
     );
-    let client = docplanner::client::<Full<Bytes>>(domain.clone(), id, secret)?;
+    let client = Credentials::new(domain.clone(), id, secret).client::<Full<Bytes>>()?;
     let request = Request::get(format!("{}/facilities", domain.api_base())).body(Full::default())?;
     let response = client.oneshot(request).await?;
     let status = response.status();

@@ -1,5 +1,6 @@
 //! Docplanner's markets: the 13 local domains (plus custom ones), their token URL and API
-//! base, and a one-line way to an authenticated client.
+//! base, and [`Credentials`]: the one way to a token cache, a layer or an authenticated
+//! client for a market (`Credentials::new(domain, id, secret).client()`).
 //!
 //! ```
 //! use docplanner_auth::docplanner::Domain;
@@ -197,6 +198,11 @@ pub struct Credentials {
     domain: Domain,
     client_id: String,
     client_secret: Zeroizing<String>,
+    /// `https://www.{domain}` unless overridden (a staging host, the embedded fake).
+    origin: Option<String>,
+    /// The roots the built-in client trusts, if not the webpki roots.
+    #[cfg(feature = "client")]
+    roots: Option<rustls::RootCertStore>,
 }
 
 impl Credentials {
@@ -206,6 +212,9 @@ impl Credentials {
             domain,
             client_id: client_id.to_owned(),
             client_secret: Zeroizing::new(client_secret.to_owned()),
+            origin: None,
+            #[cfg(feature = "client")]
+            roots: None,
         }
     }
 
@@ -239,15 +248,53 @@ impl Credentials {
                 "{ENV_CLIENT_ID} contains `:` or a control character: check the client id"
             )));
         }
-        let client_secret = Zeroizing::new(get(
-            ENV_CLIENT_SECRET,
-            "the client secret Docplanner gave you",
-        )?);
-        Ok(Self {
-            domain,
-            client_id,
-            client_secret,
-        })
+        let client_secret = get(ENV_CLIENT_SECRET, "the client secret Docplanner gave you")?;
+        Ok(Self::new(domain, &client_id, &client_secret))
+    }
+
+    /// Send the token requests and the API requests to `origin` (`https://host[:port]`)
+    /// instead of `https://www.{domain}`: a staging host, or the embedded fake
+    /// (`FakeDocplanner`, feature `test-util`) so that tests run the production
+    /// construction path. The paths stay Docplanner's (`/oauth/v2/token`,
+    /// `/api/v3/integration`).
+    ///
+    /// ```
+    /// use docplanner_auth::docplanner::{Credentials, Domain};
+    ///
+    /// let staging = Credentials::new(Domain::Spain, "id", "secret")
+    ///     .with_origin("https://staging.example.test:8443")?;
+    /// assert_eq!(staging.api_base(), "https://staging.example.test:8443/api/v3/integration");
+    /// assert!(Credentials::new(Domain::Spain, "id", "secret").with_origin("http://x.test").is_err());
+    /// # Ok::<(), docplanner_auth::Error>(())
+    /// ```
+    pub fn with_origin(mut self, origin: &str) -> Result<Self, Error> {
+        let invalid = || {
+            Error::config(
+                "the origin override is not an HTTPS origin: give https://host[:port], with no \
+                 path, query or credentials",
+            )
+        };
+        let origin = origin.trim().trim_end_matches('/');
+        let uri: http::Uri = origin.parse().map_err(|_| invalid())?;
+        let authority = uri.authority().ok_or_else(invalid)?;
+        if uri.scheme_str() != Some("https")
+            || authority.as_str().contains('@')
+            || !matches!(uri.path(), "" | "/")
+            || uri.query().is_some()
+        {
+            return Err(invalid());
+        }
+        self.origin = Some(format!("https://{authority}"));
+        Ok(self)
+    }
+
+    /// Trust `roots` instead of the webpki roots in the built-in client (the embedded
+    /// fake's certificate, a corporate CA).
+    #[cfg(feature = "client")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+    pub fn with_roots(mut self, roots: rustls::RootCertStore) -> Self {
+        self.roots = Some(roots);
+        self
     }
 
     /// The market.
@@ -260,16 +307,30 @@ impl Credentials {
         &self.client_id
     }
 
+    /// The token URL: the domain's ([`Domain::token_url`]), or under the
+    /// [origin override](Self::with_origin).
+    pub fn token_url(&self) -> String {
+        match &self.origin {
+            Some(origin) => format!("{origin}/oauth/v2/token"),
+            None => self.domain.token_url(),
+        }
+    }
+
+    /// The API base: the domain's ([`Domain::api_base`]), or under the
+    /// [origin override](Self::with_origin).
+    pub fn api_base(&self) -> String {
+        match &self.origin {
+            Some(origin) => format!("{origin}/api/v3/integration"),
+            None => self.domain.api_base(),
+        }
+    }
+
     /// The OAuth2 client-credentials source for these credentials over your own HTTP
     /// service (any tower service; see [`ClientCredentials`](crate::ClientCredentials)).
     pub fn client_credentials<C>(&self, client: C) -> Result<crate::ClientCredentials<C>, Error> {
-        crate::ClientCredentials::builder(
-            &self.domain.token_url(),
-            &self.client_id,
-            &self.client_secret,
-        )
-        .docplanner()
-        .build(client)
+        crate::ClientCredentials::builder(&self.token_url(), &self.client_id, &self.client_secret)
+            .docplanner()
+            .build(client)
     }
 }
 
@@ -279,63 +340,42 @@ impl fmt::Debug for Credentials {
             .field("domain", &self.domain)
             .field("client_id", &self.client_id)
             .field("client_secret", &"[redacted]")
-            .finish()
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
     }
 }
 
+/// The built-in client's ways in: every one of them goes through [`Credentials`], so
+/// there is one way to build each thing, with one signature.
 #[cfg(feature = "client")]
 mod one_line {
     use http_body::Body;
 
-    use super::{Credentials, Domain};
-    use crate::client::{https_client, HttpsClient};
+    use super::Credentials;
+    use crate::client::{https_client, https_client_with_roots, HttpsClient};
     use crate::error::{BoxError, Error};
     use crate::{BearerAuth, BearerAuthLayer, ReplayBody, TokenCache};
 
-    /// A token cache for `domain`'s token endpoint, fetching over the built-in HTTPS
-    /// client. Share it between stacks so they use one token.
-    #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
-    pub fn cache(
-        domain: &Domain,
-        client_id: &str,
-        client_secret: &str,
-    ) -> Result<TokenCache, Error> {
-        Credentials::new(domain.clone(), client_id, client_secret).cache()
-    }
-
-    /// A ready layer for `domain`: tokens from its token endpoint (over the built-in
-    /// HTTPS client), attached to requests for `https://www.{domain}` only.
-    #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
-    pub fn layer(
-        domain: &Domain,
-        client_id: &str,
-        client_secret: &str,
-    ) -> Result<BearerAuthLayer, Error> {
-        BearerAuthLayer::new(cache(domain, client_id, client_secret)?, &domain.api_base())
-    }
-
-    /// A ready HTTPS client for `domain` whose every request is authenticated: the
-    /// one-liner. `B` is your request body type (`Full<Bytes>` is the usual one).
-    #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
-    pub fn client<B>(
-        domain: Domain,
-        client_id: &str,
-        client_secret: &str,
-    ) -> Result<BearerAuth<HttpsClient<ReplayBody<B>>>, Error>
-    where
-        B: Body + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        let layer = layer(&domain, client_id, client_secret)?;
-        Ok(BearerAuth::new(https_client()?, &layer))
-    }
-
     impl Credentials {
-        /// A token cache for these credentials (see [`cache`]).
+        /// The built-in HTTPS client, trusting the [roots](Self::with_roots) given.
+        fn https<B>(&self) -> Result<HttpsClient<B>, Error>
+        where
+            B: Body + Send + 'static,
+            B::Data: Send,
+            B::Error: Into<BoxError>,
+        {
+            match &self.roots {
+                Some(roots) => https_client_with_roots(roots.clone()),
+                None => https_client(),
+            }
+        }
+
+        /// A token cache for these credentials, fetching over the built-in HTTPS client.
+        /// Share it between stacks (a tower layer, the reqwest middleware) so they use one
+        /// token.
         #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
         pub fn cache(&self) -> Result<TokenCache, Error> {
-            let http = https_client::<http_body_util::Full<bytes::Bytes>>()?;
-            let source = self.client_credentials(http)?;
+            let source = self.client_credentials(self.https()?)?;
             Ok(TokenCache::builder(source).name(self.domain.name()).build())
         }
 
@@ -346,8 +386,7 @@ mod one_line {
             &self,
             store: impl crate::store::TokenStore,
         ) -> Result<TokenCache, Error> {
-            let http = https_client::<http_body_util::Full<bytes::Bytes>>()?;
-            let source = self.client_credentials(http)?;
+            let source = self.client_credentials(self.https()?)?;
             let key = source.store_key();
             Ok(TokenCache::builder(source)
                 .name(self.domain.name())
@@ -355,27 +394,25 @@ mod one_line {
                 .build())
         }
 
-        /// A ready layer for these credentials (see [`layer`]).
+        /// A ready layer: tokens from a new [`cache`](Self::cache), attached to requests
+        /// for the [API base](Self::api_base)'s origin only.
         #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
         pub fn layer(&self) -> Result<BearerAuthLayer, Error> {
-            BearerAuthLayer::new(self.cache()?, &self.domain.api_base())
+            BearerAuthLayer::new(self.cache()?, &self.api_base())
         }
 
-        /// A ready authenticated HTTPS client for these credentials (see
-        /// [`client`]).
+        /// A ready HTTPS client whose every request is authenticated: the one-liner. `B` is
+        /// your request body type (`Full<Bytes>` is the usual one).
         #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
         pub fn client<B>(&self) -> Result<BearerAuth<HttpsClient<ReplayBody<B>>>, Error>
         where
             B: Body + Send + 'static,
             B::Error: Into<BoxError>,
         {
-            Ok(BearerAuth::new(https_client()?, &self.layer()?))
+            Ok(BearerAuth::new(self.https()?, &self.layer()?))
         }
     }
 }
-
-#[cfg(feature = "client")]
-pub use one_line::{cache, client, layer};
 
 #[cfg(test)]
 mod tests {

@@ -27,11 +27,11 @@
 //! # async fn run() -> Result<(), docplanner_auth::BoxError> {
 //! use bytes::Bytes;
 //! use http_body_util::{BodyExt, Full};
-//! use docplanner_auth::docplanner::{self, Domain};
+//! use docplanner_auth::docplanner::{Credentials, Domain};
 //! use tower::ServiceExt;
 //!
 //! // One line: an HTTPS client that authenticates every request to doctoralia.es.
-//! let client = docplanner::client::<Full<Bytes>>(Domain::Spain, "client-id", "client-secret")?;
+//! let client = Credentials::new(Domain::Spain, "client-id", "client-secret").client::<Full<Bytes>>()?;
 //!
 //! let request = http::Request::get(format!("{}/facilities", Domain::Spain.api_base()))
 //!     .body(Full::new(Bytes::new()))?;
@@ -84,10 +84,10 @@
 //!   whatever the redirect policy. A redirect within the API host is followed, the token
 //!   attached again. Inside (after) this layer, the redirected requests are copies of ours,
 //!   `Authorization` included, and only the redirect policy stands between the token and
-//!   the next host: tower-http 0.6's default policy removes it on a cross-origin hop, but
-//!   re-sends the original headers on a later hop that is same-origin for the foreign site
-//!   (tower-http 0.7.0 fixed that), and a policy without `FilterCredentials` (`Limited`,
-//!   `Action::Follow`) sends it on the first hop. A foreign host's 401 would also make this
+//!   the next host: tower-http 0.7's default policy removes it on a cross-origin hop and
+//!   keeps it removed on the later hops (0.6 re-sent the original headers on a later hop
+//!   that was same-origin for the foreign site: upgrade), and a policy without
+//!   `FilterCredentials` (`Limited`, `Action::Follow`) sends it on the first hop. A foreign host's 401 would also make this
 //!   layer renew the token. `tests/tower_http.rs` shows each case with local servers.
 //! * **The timeout outside `BearerAuthLayer`**, so that one budget covers the logical
 //!   request: waiting for a token (cold start, expiry), the request, its replay after a
@@ -109,7 +109,7 @@
 //! use bytes::Bytes;
 //! use http_body_util::Full;
 //! use docplanner_auth::client::https_client;
-//! use docplanner_auth::docplanner::{self, Domain};
+//! use docplanner_auth::docplanner::{Credentials, Domain};
 //! use docplanner_auth::ReplayBody;
 //! use tower::{ServiceBuilder, ServiceExt};
 //! use tower_http::{follow_redirect::FollowRedirectLayer, trace::TraceLayer};
@@ -118,7 +118,7 @@
 //!     .layer(TraceLayer::new_for_http())
 //!     .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(30)))
 //!     .layer(FollowRedirectLayer::new())
-//!     .layer(docplanner::layer(&Domain::Spain, "client-id", "client-secret")?)
+//!     .layer(Credentials::new(Domain::Spain, "client-id", "client-secret").layer()?)
 //!     .service(https_client::<ReplayBody<Full<Bytes>>>()?);
 //!
 //! let request = http::Request::get(format!("{}/facilities", Domain::Spain.api_base()))
@@ -352,14 +352,20 @@
 //!
 //! # Feature flags
 //!
-//! | feature | default | what it adds |
-//! |---|---|---|
-//! | `client` | yes | [`client::https_client`] (hyper-util + rustls with ring and the webpki roots, proxies from the environment) and the one-line [`docplanner::client`] / [`docplanner::layer`]; re-exports [`rustls`] |
-//! | `native-roots` | no | [`client::native_roots`]: the operating system's certificate store for the built-in client |
-//! | `reqwest` | no | [`reqwest::BearerAuthMiddleware`]: the same authentication for a reqwest-middleware client, sharing the same [`TokenCache`]; [`source::ReqwestClient`]: the token requests through your `reqwest::Client` |
-//! | `redis` | no | [`store::RedisStore`]: one token for a fleet of replicas |
-//! | `metrics` | no | metrics through the [`metrics`](https://docs.rs/metrics) facade |
-//! | `test-util` | no | [`testing::FakeDocplanner`]: a fake Docplanner over real HTTPS on loopback, with counters and fault switches |
+//! | feature | default | what it adds | Rust | crates built |
+//! |---|---|---|---|---|
+//! | (none) | | the tower layer, [`TokenCache`], [`ClientCredentials`] over your own HTTP service, [`store::MemoryStore`] | 1.85 | 23 |
+//! | `client` | yes | [`client::https_client`] (hyper-util + rustls with ring and the webpki roots, HTTP/1.1 and HTTP/2, proxies from the environment) and the one-line [`Credentials::client`](docplanner::Credentials::client) / [`layer`](docplanner::Credentials::layer) / [`cache`](docplanner::Credentials::cache); re-exports [`rustls`] | 1.85 | 58 |
+//! | `native-roots` | no | [`client::native_roots`]: the operating system's certificate store for the built-in client | 1.85 | |
+//! | `reqwest` | no | [`reqwest::BearerAuthMiddleware`]: the same authentication for a reqwest-middleware client, sharing the same [`TokenCache`]; [`source::ReqwestClient`]: the token requests through your `reqwest::Client` | 1.88 | 102 |
+//! | `redis` | no | [`store::RedisStore`] (redis 1.x): one token for a fleet of replicas | 1.88 | 103 |
+//! | `metrics` | no | metrics through the [`metrics`](https://docs.rs/metrics) facade | 1.85 | 60 |
+//! | `test-util` | no | [`testing::FakeDocplanner`]: a fake Docplanner over real HTTPS on loopback, with counters and fault switches | 1.88 | 66 |
+//! | all | | | 1.88 | 125 |
+//!
+//! "Crates built": the dependencies a Linux build of the library compiles (proc-macros
+//! included), each feature on top of the default one, with the repository's `Cargo.lock`;
+//! "Rust": the highest `rust-version` among them. `.ci/msrv.py` derives both.
 //!
 //! # Security
 //!
@@ -393,7 +399,10 @@
 //!
 //! # Minimum supported Rust version
 //!
-//! Rust 1.85.
+//! Rust 1.85 for the default build (`client`) and `metrics`; 1.88 with `redis` (redis
+//! 1.8), `reqwest` (icu 2.4 through url) or `test-util` (time 0.3.55 through rcgen). CI
+//! derives these from the `rust-version` of every dependency (`.ci/msrv.py`) and fails when
+//! one needs more than claimed.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

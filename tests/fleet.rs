@@ -3,13 +3,13 @@
 //! its own Redis connection and its own layer over the in-process fake Docplanner, whose
 //! counters prove how many token requests the whole fleet made.
 //!
-//! Without `redis-server` on PATH the tests print a skip line and pass, unless
-//! `REQUIRE_REDIS=1` (as in CI), which makes that a failure.
+//! Without `redis-server` on PATH each test writes a `SKIPPED <test>: …` line to the
+//! terminal (past the harness's output capture, so it shows under `cargo test`) and
+//! passes, unless `REQUIRE_REDIS=1` (as in CI), which makes that a failure.
 #![cfg(feature = "redis")]
 #![allow(clippy::unwrap_used)]
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,87 +22,9 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use tower::{Layer, ServiceExt};
 
-/// A `redis-server` of our own; killed on drop.
-struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl RedisServer {
-    /// Start one, or `None` (after a skip line) when `redis-server` is missing and not
-    /// required.
-    fn start(test: &str) -> Option<Self> {
-        let free = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = free.local_addr().unwrap().port();
-        drop(free);
-        let spawned = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--enable-debug-command",
-                "local",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match spawned {
-            Ok(child) => child,
-            Err(error) if std::env::var("REQUIRE_REDIS").as_deref() == Ok("1") => {
-                panic!("REQUIRE_REDIS=1 but redis-server could not start: {error}")
-            }
-            Err(_) => {
-                println!("skipping {test}: redis-server is not on PATH (set REQUIRE_REDIS=1 to fail instead)");
-                return None;
-            }
-        };
-        let server = Self {
-            child: Some(child),
-            port,
-        };
-        for _ in 0..500 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(server);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("redis-server did not listen on port {port}");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// A raw command, for the tests' own interventions (flush, a dead lock holder, a slow
-    /// server).
-    async fn command(&self, args: &[&str]) -> redis::Value {
-        let client = redis::Client::open(self.url()).unwrap();
-        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-        let mut cmd = redis::cmd(args[0]);
-        for arg in &args[1..] {
-            cmd.arg(*arg);
-        }
-        cmd.query_async(&mut connection).await.unwrap()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+#[path = "support/redis_server.rs"]
+mod redis_server;
+use redis_server::RedisServer;
 
 /// One replica: its own cache (own Redis connection) and its own client.
 struct Replica {
@@ -306,7 +228,12 @@ async fn redis_down_at_start_slow_or_flushed_fails_no_request() {
         let url = redis.url();
         async move {
             let client = redis::Client::open(url).unwrap();
-            let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+            // redis 1.x gives multiplexed connections a 500 ms response timeout by default.
+            let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+            let mut connection = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .unwrap();
             let _: redis::Value = redis::cmd("DEBUG")
                 .arg("SLEEP")
                 .arg("2")
@@ -359,6 +286,81 @@ async fn a_dead_lock_holder_is_outlived_by_the_lock_ttl() {
     let adopted: u64 = fleet.iter().map(|r| r.cache.stats().store_adoptions).sum();
     assert_eq!(adopted, 3);
     println!("case dead lock holder (1.5 s lock): replicas=4 requests=100 ok=100 token_requests=1 adopted=3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_without_expiry_is_taken_over_and_the_token_published() {
+    let Some(redis) =
+        RedisServer::start("a_lock_without_expiry_is_taken_over_and_the_token_published")
+    else {
+        return;
+    };
+    let fake = FakeDocplanner::builder().in_process();
+    let key = fake.credentials().unwrap().store_key();
+    // An operator's SET (or a restored dump): a lock key that never expires.
+    let lock = format!("{}:lock", key.as_str());
+    redis.command(&["SET", &lock, "operator"]).await;
+    let fleet = replicas(&fake, &redis.url(), 4);
+    // Before the fix each replica waited 20 s (twice the token request timeout) and then
+    // fetched alone without publishing: 4 token requests, no adoption, no stored token.
+    let served = tokio::time::timeout(Duration::from_secs(10), load(&fake, &fleet, 25))
+        .await
+        .expect("the replicas waited on a lock nobody will release");
+    assert_eq!(served, 100);
+    assert_eq!(
+        fake.stats().token_requests,
+        1,
+        "one replica took the lock over"
+    );
+    let adopted: u64 = fleet.iter().map(|r| r.cache.stats().store_adoptions).sum();
+    assert_eq!(adopted, 3, "the token was published and adopted");
+    assert_ne!(
+        redis.command(&["GET", key.as_str()]).await,
+        redis::Value::Nil,
+        "the token is in the store"
+    );
+    assert_eq!(
+        redis.command(&["EXISTS", &lock]).await,
+        redis::Value::Int(0),
+        "and the lock was released"
+    );
+    println!("case lock without expiry: replicas=4 requests=100 ok=100 token_requests=1 adopted=3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_the_applications_own_connections_share_one_token() {
+    let Some(redis) =
+        RedisServer::start("replicas_on_the_applications_own_connections_share_one_token")
+    else {
+        return;
+    };
+    let fake = FakeDocplanner::builder().in_process();
+    let mut fleet = Vec::new();
+    for i in 0..4 {
+        // The application's own connection (a multiplexed one here; a connection manager,
+        // a cluster or a sentinel connection go the same way), under its own key prefix.
+        let client = redis::Client::open(redis.url()).unwrap();
+        let connection = client.get_multiplexed_async_connection().await.unwrap();
+        let store = RedisStore::with_connection(connection).prefix("app-a:");
+        let credentials = fake.credentials().unwrap();
+        let key = credentials.store_key();
+        let cache = TokenCache::builder(credentials)
+            .name(format!("replica-{i}"))
+            .store(store, key)
+            .build();
+        let client = fake.layer(cache.clone()).unwrap().layer(fake.service());
+        fleet.push(Arc::new(Replica { cache, client }));
+    }
+    assert_eq!(load(&fake, &fleet, 25).await, 100);
+    assert_eq!(
+        fake.stats().token_requests,
+        1,
+        "one token request fleet-wide"
+    );
+    let adopted: u64 = fleet.iter().map(|r| r.cache.stats().store_adoptions).sum();
+    assert_eq!(adopted, 3);
+    let key = format!("app-a:{}", fake.credentials().unwrap().store_key().as_str());
+    assert_ne!(redis.command(&["GET", &key]).await, redis::Value::Nil);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

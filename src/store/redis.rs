@@ -1,11 +1,14 @@
-//! [`RedisStore`] (feature `redis`): one token for a whole fleet of replicas.
+//! [`RedisStore`] (feature `redis`): one token for a whole fleet of replicas. It owns the
+//! Redis side of the fleet protocol: the keys, the lock (and how a dead lock is taken
+//! over), and where its connection comes from (a URL, the application's `redis::Client`,
+//! or the application's own connection: a manager, a cluster or a sentinel connection).
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Cmd, Pipeline, RedisFuture, Script, Value};
 use tokio::sync::Mutex;
 
 use super::{unix_ms, SharedToken, StoreFuture, TokenStore};
@@ -20,6 +23,22 @@ else
 end
 "#;
 
+/// Take the refresh lock KEYS[1] for owner ARGV[1] for ARGV[2] ms, if nobody holds it.
+/// A lock key without an expiry (PTTL -1: an operator's `SET`, a restored dump) has no
+/// owner that will ever release it: it is treated as dead and taken over, so the refresh
+/// goes on and its token is published instead of every replica waiting, then fetching
+/// alone, on each refresh.
+const TRY_LOCK: &str = r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    return 1
+end
+if redis.call('PTTL', KEYS[1]) == -1 then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+end
+return 0
+"#;
+
 /// Redis timeouts for connecting and for each answer: 500 ms, as the cache's default
 /// store timeout. A replica never waits long on Redis: it fetches on its own instead.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -27,16 +46,27 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 /// A [`TokenStore`] on Redis: the replicas of a fleet share one token and make one
 /// refresh per token lifetime.
 ///
-/// * `redis://` and `rediss://` (TLS, rustls with ring) URLs; `AUTH` (user and password)
-///   from the URL; a database number as the path (`redis://host/2`).
-/// * It connects lazily and reconnects by itself: a Redis that is down at start, killed,
-///   slow or flushed never fails a request (the cache fetches on its own meanwhile).
+/// * Three ways in: [`open`](Self::open) a `redis://` or `rediss://` URL (`AUTH` user and
+///   password from the URL, a database number as the path: `redis://host/2`);
+///   [`from_client`](Self::from_client) with your `redis::Client` (TLS certificates of
+///   your own, for instance); or [`with_connection`](Self::with_connection) with any async
+///   connection you built (a `ConnectionManager`, a cluster or sentinel connection).
+/// * From a URL or a client it connects lazily and reconnects by itself: a Redis that is
+///   down at start, killed, slow or flushed never fails a request (the cache fetches on
+///   its own meanwhile).
 /// * What it stores: under `<prefix>docplanner-auth:v1:<hash>` the access token with its
 ///   issue and expiry times (the key expires with the token), and under `…:lock` the
 ///   owner of the refresh lock, for at most twice the token request timeout. The hash is
-///   of (token URL, client id, scope); the client secret is never stored.
+///   of (token URL, client id, scope); the client secret is never stored. A lock key
+///   without an expiry is taken over as dead.
 /// * Releasing the lock and invalidating a token are compare-and-delete scripts: a
 ///   replica only releases its own lock and only deletes the token it saw rejected.
+///
+/// It leaves the process alone: it installs no rustls crypto provider. For `rediss://`,
+/// redis-rs builds its TLS configuration from rustls' process default provider; if the
+/// application installed none, rustls picks (and installs) the one its crate features
+/// name: ring, which this crate's rustls features select. Install your own provider at
+/// startup, before the first `rediss://` connection, if you want another one.
 ///
 /// Security: the token grants access to patient data. Use `rediss://`, a password or an
 /// ACL user restricted to the key prefix (`~docplanner-auth:*`, or your own prefix with
@@ -53,35 +83,108 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 /// # let _ = cache;
 /// # Ok(()) }
 /// ```
+///
+/// With a connection of your own (a cluster or sentinel connection works the same way):
+///
+/// ```no_run
+/// use docplanner_auth::store::RedisStore;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = redis::Client::open("redis://redis.internal/")?;
+/// let manager = client.get_connection_manager().await?;
+/// let store = RedisStore::with_connection(manager).prefix("billing:");
+/// # let _ = store;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    client: Client,
+    connection: Connection,
     prefix: Arc<str>,
-    connection: Arc<Mutex<Option<ConnectionManager>>>,
     compare_and_delete: Arc<Script>,
+    try_lock: Arc<Script>,
+}
+
+/// Where the store's connection comes from.
+#[derive(Clone)]
+enum Connection {
+    /// Our own connection manager over the application's client.
+    Lazy(Arc<Lazy>),
+    /// The application's connection, cloned for each operation.
+    Given(Arc<dyn Fn() -> DynConnection + Send + Sync>),
+}
+
+/// A client and the connection manager made from it on first use (and again after a
+/// failed attempt).
+struct Lazy {
+    client: Client,
+    manager: Mutex<Option<ConnectionManager>>,
+}
+
+/// Any application connection, behind one type.
+struct DynConnection(Box<dyn ConnectionLike + Send>);
+
+impl ConnectionLike for DynConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.0.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
 }
 
 impl RedisStore {
     /// A store on the Redis at `url` (`redis://` or `rediss://`). Nothing is connected
     /// yet; a malformed URL is an error (its text is never echoed: it may hold a password).
     pub fn open(url: &str) -> Result<Self, Error> {
-        // rediss:// uses rustls' process default provider: make it ours (ring) unless the
-        // application installed one.
-        if rustls::crypto::CryptoProvider::get_default().is_none() {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
         let client = Client::open(url).map_err(|_| {
             Error::config(
                 "the Redis URL is not valid: expected redis://[user:password@]host[:port][/db] \
                  or rediss://…",
             )
         })?;
-        Ok(Self {
+        Ok(Self::from_client(client))
+    }
+
+    /// A store over your `redis::Client` (built with your own TLS certificates, for
+    /// instance): it makes its own connection manager on first use, with 500 ms connection
+    /// and response timeouts, and reconnects by itself.
+    pub fn from_client(client: Client) -> Self {
+        Self::new(Connection::Lazy(Arc::new(Lazy {
             client,
+            manager: Mutex::new(None),
+        })))
+    }
+
+    /// A store over a connection you built: a `redis::aio::ConnectionManager`, a cluster
+    /// connection (`redis::cluster_async::ClusterConnection`), a sentinel's or a
+    /// multiplexed connection. It is cloned for each operation; its reconnection and
+    /// timeouts are yours (the cache still bounds each operation with its store timeout).
+    pub fn with_connection<C>(connection: C) -> Self
+    where
+        C: ConnectionLike + Clone + Send + Sync + 'static,
+    {
+        Self::new(Connection::Given(Arc::new(move || {
+            DynConnection(Box::new(connection.clone()))
+        })))
+    }
+
+    fn new(connection: Connection) -> Self {
+        Self {
+            connection,
             prefix: Arc::from(""),
-            connection: Arc::new(Mutex::new(None)),
             compare_and_delete: Arc::new(Script::new(COMPARE_AND_DELETE)),
-        })
+            try_lock: Arc::new(Script::new(TRY_LOCK)),
+        }
     }
 
     /// Prefix every key with `prefix` (for ACLs restricted to a key pattern, or several
@@ -99,22 +202,26 @@ impl RedisStore {
         format!("{}{key}:lock", self.prefix)
     }
 
-    /// The shared connection, made on first use (and again after a failed attempt).
-    async fn connection(&self) -> Result<ConnectionManager, BoxError> {
-        let mut slot = self.connection.lock().await;
+    /// A connection for one operation.
+    async fn connection(&self) -> Result<DynConnection, BoxError> {
+        let lazy = match &self.connection {
+            Connection::Given(connection) => return Ok(connection()),
+            Connection::Lazy(lazy) => lazy,
+        };
+        let mut slot = lazy.manager.lock().await;
         if let Some(connection) = slot.as_ref() {
-            return Ok(connection.clone());
+            return Ok(DynConnection(Box::new(connection.clone())));
         }
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(REDIS_TIMEOUT)
-            .set_response_timeout(REDIS_TIMEOUT)
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
             .set_number_of_retries(1);
-        let connection = self
+        let connection = lazy
             .client
             .get_connection_manager_with_config(config)
             .await?;
         *slot = Some(connection.clone());
-        Ok(connection)
+        Ok(DynConnection(Box::new(connection)))
     }
 }
 
@@ -155,15 +262,14 @@ impl TokenStore for RedisStore {
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let mut connection = self.connection().await?;
-            let taken: Option<String> = redis::cmd("SET")
-                .arg(self.lock_key(key))
+            let taken: i64 = self
+                .try_lock
+                .key(self.lock_key(key))
                 .arg(owner)
-                .arg("NX")
-                .arg("PX")
                 .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
-                .query_async(&mut connection)
+                .invoke_async(&mut connection)
                 .await?;
-            Ok(taken.is_some())
+            Ok(taken == 1)
         })
     }
 
@@ -197,12 +303,14 @@ impl TokenStore for RedisStore {
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The connection info may hold a password: show the address only.
-        f.debug_struct("RedisStore")
-            .field(
+        let mut debug = f.debug_struct("RedisStore");
+        match &self.connection {
+            Connection::Lazy(lazy) => debug.field(
                 "addr",
-                &format_args!("{}", self.client.get_connection_info().addr),
-            )
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
+                &format_args!("{}", lazy.client.get_connection_info().addr()),
+            ),
+            Connection::Given(_) => debug.field("addr", &"[the application's connection]"),
+        };
+        debug.field("prefix", &self.prefix).finish_non_exhaustive()
     }
 }
