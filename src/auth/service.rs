@@ -11,6 +11,7 @@ use super::body::ReplayBody;
 use super::future::ResponseFuture;
 use super::layer::{BearerAuthLayer, Config};
 use crate::error::BoxError;
+use crate::router::HttpTarget;
 
 /// Middleware that authenticates requests with a bearer token; see [`BearerAuthLayer`].
 ///
@@ -67,14 +68,16 @@ where
         // Use the service that was polled ready; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        if let Err(error) = self
-            .config
-            .scope
-            .check_request(request.uri(), request.headers())
-        {
-            self.config.cache.count_refused(&error);
-            return ResponseFuture::refused(inner, &self.config, error);
+        let target = HttpTarget {
+            uri: request.uri(),
+            headers: request.headers(),
+        };
+        match self.config.router.choose(&target, request.extensions()) {
+            Ok(route) => match route.set() {
+                Some(set) => ResponseFuture::new(inner, set.cache(), &self.config, request),
+                None => ResponseFuture::passed(inner, request),
+            },
+            Err(error) => ResponseFuture::refused(inner, error),
         }
-        ResponseFuture::new(inner, &self.config, request)
     }
 }
