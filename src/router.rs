@@ -126,6 +126,7 @@ impl Set {
         self.cache.name()
     }
 
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
     pub(crate) fn scope(&self) -> &Scope {
         &self.scope
     }
