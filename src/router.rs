@@ -10,6 +10,41 @@
 //! and, with feature `reqwest`,
 //! [`BearerAuthMiddleware::routed`](crate::reqwest::BearerAuthMiddleware::routed).
 //!
+//! # How a request's set is chosen
+//!
+//! 1. A [`CredentialSet`] extension names the set: one of the router's sets by its name,
+//!    else a tenant's, built by the [lookup](RouterBuilder::tenants) the first time the key
+//!    is seen. The request must still be for one of that set's origins, or it is refused.
+//! 2. Otherwise the set whose origins include the request's (`https`, host, port). With
+//!    one set only, that set's own check decides (exactly as a single-set layer).
+//! 3. No set: refused with [`Error::is_host_not_allowed`] by default (plain `http` to a
+//!    set's host is refused with [`Error::is_insecure_scheme`] either way); with
+//!    [`pass_through(true)`](RouterBuilder::pass_through), sent untouched: no token, no
+//!    token request, no replay.
+//!
+//! Choosing among host-routed sets is a linear scan of string comparisons, no allocation:
+//! about the cost of the single-set check per set (`benches/hot_path.rs`, case
+//! `f_routed_16_sets`).
+//!
+//! # Redirects
+//!
+//! A set's token never follows a redirect to another set's host:
+//!
+//! * tower-http's `FollowRedirectLayer` outside the layer sends each hop through the router
+//!   again, so a hop to another market's host carries that market's token (its own host),
+//!   and a hop elsewhere is refused or passed through untouched. tower-http builds each hop
+//!   without the first request's extensions: a hop is routed by its host.
+//! * reqwest follows redirects inside the client: build it from
+//!   [`BearerAuthMiddleware::client_builder`](crate::reqwest::BearerAuthMiddleware::client_builder),
+//!   whose policy follows a hop only inside the origins of the set of the hop before it.
+//!
+//! # Fleet, metrics, tracing, status
+//!
+//! A set is its cache: give each its own name ([`TokenCacheBuilder::name`](crate::TokenCacheBuilder::name);
+//! [`Markets::router`](crate::docplanner::Markets) names each after its domain), and, for
+//! a fleet, its own store key. The `cache` label of every metric and span is that name;
+//! [`Router::sets`] gives each set's [`TokenCache::status`].
+//!
 //! # Example
 //!
 //! ```

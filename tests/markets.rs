@@ -66,7 +66,7 @@ impl Market {
 type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
 
 /// An inner service that records every request and answers 401 to tokens named in
-/// `revoked`, 200 to anything else.
+/// `revoked`, a redirect to market 1's API to `…/hop`, 200 to anything else.
 fn api(
     seen: Seen,
     revoked: Arc<Mutex<HashSet<String>>>,
@@ -83,6 +83,7 @@ fn api(
             .map(|v| v.to_str().unwrap().to_owned());
         let host = request.uri().host().unwrap_or_default().to_owned();
         seen.lock().unwrap().push((host, authorization.clone()));
+        let hop = request.uri().path() == "/api/v3/integration/hop";
         let rejected = authorization
             .and_then(|a| a.strip_prefix("Bearer ").map(str::to_owned))
             .is_some_and(|t| revoked.lock().unwrap().contains(&t));
@@ -94,6 +95,16 @@ fn api(
         async move {
             let mut response = Response::new(Full::new(Bytes::new()));
             *response.status_mut() = status;
+            if hop && status == StatusCode::OK {
+                // Market 0's `/hop` redirects to market 1's API.
+                *response.status_mut() = StatusCode::FOUND;
+                response.headers_mut().insert(
+                    "location",
+                    http::HeaderValue::from_static(
+                        "https://www.market1.test/api/v3/integration/facilities",
+                    ),
+                );
+            }
             Ok::<_, BoxError>(response)
         }
     })
@@ -436,4 +447,53 @@ fn sets_with_the_same_name_or_origin_are_refused() {
         error.is_config() && error.to_string().contains("origin"),
         "{error}"
     );
+}
+
+/// tower-http's `FollowRedirectLayer` outside the routed layer: every hop goes through the
+/// router again, so a redirect from market 0's host to market 1's carries market 1's
+/// token (its own host), never market 0's, even when the first request named market 0.
+#[tokio::test(start_paused = true)]
+async fn a_redirect_to_another_markets_host_never_carries_the_first_markets_token() {
+    use tower_http::follow_redirect::FollowRedirectLayer;
+
+    let markets: Vec<Market> = (0..2).map(Market::new).collect();
+    let seen = Seen::default();
+    let client = tower::ServiceBuilder::new()
+        .layer(FollowRedirectLayer::new())
+        .layer(BearerAuthLayer::routed(router(&markets).build().unwrap()))
+        .service(api(seen.clone(), Arc::default()));
+    let hop = "https://www.market0.test/api/v3/integration/hop";
+    let response = tokio::time::timeout(PATIENCE, client.clone().oneshot(get(hop)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            (
+                "www.market0.test".to_owned(),
+                Some("Bearer m0-1".to_owned())
+            ),
+            (
+                "www.market1.test".to_owned(),
+                Some("Bearer m1-1".to_owned())
+            ),
+        ]
+    );
+
+    // Named for market 0: tower-http builds each hop without the first request's
+    // extensions, so the hop is routed by its host again; market 0's token stays home.
+    let response = tokio::time::timeout(PATIENCE, client.oneshot(for_tenant(hop, "m0")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    for (host, authorization) in seen.lock().unwrap().iter() {
+        if host == "www.market1.test" {
+            assert_eq!(authorization.as_deref(), Some("Bearer m1-1"));
+        }
+    }
+    assert_eq!(seen.lock().unwrap().len(), 4);
+    assert_eq!((markets[0].fetches(), markets[1].fetches()), (1, 1));
 }
