@@ -12,9 +12,8 @@
 //! `DOCPLANNER_ES_CLIENT_SECRET`… and `docplanner::Markets::from_env()?.router()?`.
 
 use bytes::Bytes;
-use docplanner_auth::client::{HttpsClientBuilder, Proxy};
 use docplanner_auth::router::{Router, Set};
-use docplanner_auth::testing::FakeDocplanner;
+use docplanner_auth::testing::{client_trusting, FakeDocplanner};
 use docplanner_auth::{BearerAuthLayer, BoxError, ReplayBody};
 use futures_util::future::join_all;
 use http::{Request, StatusCode};
@@ -52,19 +51,8 @@ async fn main() -> Result<(), BoxError> {
     let router = router.build()?;
 
     // One HTTPS client for every market (trusting each fake's certificate).
-    let mut roots = rustls::RootCertStore::empty();
-    for (_, fake) in &fakes {
-        roots.add(
-            fake.certificate_der()
-                .ok_or("no certificate")?
-                .to_vec()
-                .into(),
-        )?;
-    }
-    let http = HttpsClientBuilder::new()
-        .roots(roots)
-        .proxy(Proxy::none())
-        .build::<ReplayBody<Full<Bytes>>>()?;
+    let all: Vec<&FakeDocplanner> = fakes.iter().map(|(_, fake)| fake).collect();
+    let http = client_trusting::<ReplayBody<Full<Bytes>>>(&all)?;
     let client = BearerAuthLayer::routed(router.clone()).layer(http);
 
     let requests = fakes.iter().flat_map(|(_, fake)| {

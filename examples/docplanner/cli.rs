@@ -4,10 +4,10 @@
 use std::io::Write;
 
 use bytes::Bytes;
-use docplanner_auth::client::{https_client, HttpsClient, HttpsClientBuilder, Proxy};
+use docplanner_auth::client::{https_client, HttpsClient};
 use docplanner_auth::docplanner::{Credentials, Domain, Markets, ENV_DOMAIN, ENV_MARKETS};
 use docplanner_auth::router::{Router, Set};
-use docplanner_auth::testing::FakeDocplanner;
+use docplanner_auth::testing::{client_trusting, FakeDocplanner};
 use docplanner_auth::{BearerAuth, BearerAuthLayer, BoxError, ReplayBody};
 use http::uri::PathAndQuery;
 use http::{Method, Request, StatusCode};
@@ -253,19 +253,12 @@ async fn fake_markets(domain: &str) -> Result<(Client, String, Vec<FakeDocplanne
             )
         })?;
     let mut fakes = Vec::new();
-    let mut roots = rustls::RootCertStore::empty();
     let mut router: Option<docplanner_auth::router::RouterBuilder> = None;
     for market in FAKE_MARKETS {
         let fake = FakeDocplanner::builder()
             .client_id(&format!("{market}-id"))
             .start()
             .await?;
-        roots.add(
-            fake.certificate_der()
-                .ok_or("no certificate")?
-                .to_vec()
-                .into(),
-        )?;
         let set = Set::new(fake.cache_builder()?.name(market).build(), &fake.api_base())?;
         router = Some(match router {
             None => Router::builder(set),
@@ -274,10 +267,7 @@ async fn fake_markets(domain: &str) -> Result<(Client, String, Vec<FakeDocplanne
         fakes.push(fake);
     }
     let router = router.ok_or("no market")?.build()?;
-    let http = HttpsClientBuilder::new()
-        .roots(roots)
-        .proxy(Proxy::none())
-        .build()?;
+    let http = client_trusting(&fakes.iter().collect::<Vec<_>>())?;
     let client = BearerAuth::new(http, &BearerAuthLayer::routed(router));
     Ok((client, fakes[chosen].api_base(), fakes))
 }
