@@ -456,7 +456,12 @@ impl RouterBuilder {
     /// the tenant's name ([`TokenCacheBuilder::name`](crate::TokenCacheBuilder::name)) so
     /// that its metrics and spans say which tenant they are about. At most
     /// [`DEFAULT_MAX_TENANTS`] sets are kept, and none idle for longer than
-    /// [`DEFAULT_TENANT_IDLE_TIMEOUT`]; a dropped one is built again when its key returns.
+    /// [`DEFAULT_TENANT_IDLE_TIMEOUT`]; a dropped one is built again when its key returns
+    /// (and fetches a token again, unless its cache shares a [store](crate::store)).
+    ///
+    /// The lookup runs under the router's tenant lock, so that concurrent first requests of
+    /// a tenant share one set: keep it quick (build a cache from credentials already at
+    /// hand, no I/O). An error it returns is the request's.
     pub fn tenants<F>(mut self, lookup: F) -> Self
     where
         F: Fn(&str) -> Result<Set, Error> + Send + Sync + 'static,

@@ -157,6 +157,8 @@ async fn each_host_gets_its_own_sets_token_and_no_other() {
         );
     }
     assert_eq!(seen.lock().unwrap().len(), 6);
+    let debug = format!("{layer:?}");
+    assert!(debug.contains("m2") && !debug.contains("m2-1"), "{debug}");
     for (market, set) in markets.iter().zip(layer.router().sets()) {
         assert_eq!(market.fetches(), 1, "{}", market.name);
         assert_eq!(set.name(), market.name);
