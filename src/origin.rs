@@ -180,6 +180,16 @@ impl Scope {
         (https || http_ok) && self.origins.iter().any(|o| o.matches(authority, https))
     }
 
+    /// The authorities (`host:port`, and `host` alone when the port is 443) under which
+    /// an `https` request names one of this scope's https origins: the router's exact
+    /// lookup table.
+    pub(crate) fn https_authorities(&self) -> impl Iterator<Item = &str> {
+        self.origins.iter().filter(|o| o.https).flat_map(|o| {
+            let bare = (o.port == 443).then_some(o.host.as_str());
+            std::iter::once(o.host_port.as_str()).chain(bare)
+        })
+    }
+
     /// Whether one of this scope's origins is on `host` (whatever the scheme and port).
     pub(crate) fn has_host(&self, host: &str) -> bool {
         self.origins

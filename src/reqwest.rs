@@ -254,6 +254,10 @@ impl Target for UrlTarget<'_> {
     fn is_https(&self) -> bool {
         self.url.scheme() == "https"
     }
+
+    fn https_authority(&self) -> Option<&str> {
+        self.is_https().then(|| self.url.authority())
+    }
 }
 
 /// Shares the layer's cache and its allowed hosts (API bases and the loopback opt-in), so
