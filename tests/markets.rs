@@ -157,6 +157,15 @@ async fn each_host_gets_its_own_sets_token_and_no_other() {
         );
     }
     assert_eq!(seen.lock().unwrap().len(), 6);
+    // The same host written otherwise (explicit port, upper case) is the same set.
+    for url in [
+        "https://www.market1.test:443/api/v3/integration/x",
+        "https://WWW.Market1.TEST/api/v3/integration/x",
+    ] {
+        send(client.clone(), get(url)).await.unwrap();
+        let last = seen.lock().unwrap().last().unwrap().1.clone();
+        assert_eq!(last.as_deref(), Some("Bearer m1-1"), "{url}");
+    }
     let debug = format!("{layer:?}");
     assert!(debug.contains("m2") && !debug.contains("m2-1"), "{debug}");
     for (market, set) in markets.iter().zip(layer.router().sets()) {
