@@ -6,7 +6,10 @@
 //! * (c) `c_bearer_auth`: our `BearerAuth`;
 //! * (d) `d_rwlock_hand_rolled`: the usual hand-rolled layer,
 //!   `Arc<tokio::sync::RwLock<Option<Token>>>` read per request in a boxed future;
-//! * (e) `e_huskarl`: huskarl's `InMemoryTokenCache` behind its `HttpAuthorizer`.
+//! * (e) `e_huskarl`: huskarl's `InMemoryTokenCache` behind its `HttpAuthorizer`;
+//! * (f) `f_routed_16_sets`: our `BearerAuth` over a `Router` of 16 credential sets chosen
+//!   by host, the request going to the last one (the worst case of the linear choice): the
+//!   cost of choosing a set is (f) − (c).
 //!
 //! Single-threaded, and with 2 threads sending at once through clones of the same service
 //! (one shared token). Futures are polled outside any runtime with a no-op waker: the hot
@@ -25,20 +28,46 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
-use docplanner_auth::BearerAuthLayer;
+use docplanner_auth::router::{Router, Set};
+use docplanner_auth::{AccessToken, BearerAuthLayer, BoxError, TokenCache};
 use http::{Request, Uri};
 use http_body_util::Empty;
 use support::{Endpoint, HuskarlAuth, Noop, RwLockAuth, API, LONG, TOKEN, URI};
 use tower::{Layer, Service};
 use tower_http::auth::AddAuthorizationLayer;
 
-const FUNCTIONS: [&str; 5] = [
+const FUNCTIONS: [&str; 6] = [
     "a_inner_alone",
     "b_add_authorization",
     "c_bearer_auth",
     "d_rwlock_hand_rolled",
     "e_huskarl",
+    "f_routed_16_sets",
 ];
+
+/// How many host-routed sets (f) chooses among: the "up to 16" markets.
+const ROUTED_SETS: usize = 16;
+
+/// (f)'s router: 15 other markets first, then the API of every benchmark request, each
+/// set with a warm token of its own.
+fn routed(runtime: &tokio::runtime::Runtime) -> Router {
+    let set = |i: usize, api_base: &str| {
+        let cache =
+            TokenCache::builder(|| async { Ok::<_, BoxError>(AccessToken::new(TOKEN, LONG)?) })
+                .name(format!("market-{i}"))
+                .build();
+        runtime.block_on(cache.token()).expect("token");
+        Set::new(cache, api_base).expect("set")
+    };
+    let mut builder = Router::builder(set(0, "https://www.market0.test"));
+    for i in 1..ROUTED_SETS - 1 {
+        builder = builder.set(set(i, &format!("https://www.market{i}.test")));
+    }
+    builder
+        .set(set(ROUTED_SETS - 1, API))
+        .build()
+        .expect("router")
+}
 
 /// One request through `service`, built as a caller builds it.
 #[inline]
@@ -101,6 +130,8 @@ fn hot_path(c: &mut Criterion) {
     let cache = endpoint.cache();
     runtime.block_on(cache.token()).expect("token");
     let ours = BearerAuthLayer::new(cache, API).expect("layer").layer(Noop);
+    // (f) ours over 16 host-routed sets, all warm.
+    let routed = BearerAuthLayer::routed(routed(&runtime)).layer(Noop);
     // (b) the floor.
     let floor = AddAuthorizationLayer::bearer(TOKEN)
         .as_sensitive(true)
@@ -130,6 +161,7 @@ fn hot_path(c: &mut Criterion) {
         bench(&mut group, FUNCTIONS[2], threads, ours.clone());
         bench(&mut group, FUNCTIONS[3], threads, rwlock.clone());
         bench(&mut group, FUNCTIONS[4], threads, huskarl.clone());
+        bench(&mut group, FUNCTIONS[5], threads, routed.clone());
         group.finish();
         support::print_comparison(&group_name, &FUNCTIONS, FUNCTIONS[1], since);
     }

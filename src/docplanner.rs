@@ -22,6 +22,9 @@ use zeroize::Zeroizing;
 
 use crate::error::Error;
 
+mod markets;
+pub use self::markets::{Markets, ENV_MARKETS};
+
 /// A Docplanner market: its local domain.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -417,6 +417,7 @@ mod origin;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest;
+pub mod router;
 mod secret;
 pub mod source;
 pub mod store;

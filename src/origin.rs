@@ -155,6 +155,53 @@ impl Scope {
         self.allow_http_loopback = allow;
     }
 
+    /// Whether a request for `uri` falls in this scope (a configured origin, over https or,
+    /// with the opt-in, plain http to loopback). A yes or no, never an error: the router
+    /// asks it of every set to find the one a request belongs to.
+    #[inline]
+    pub(crate) fn admits(&self, uri: &Uri) -> bool {
+        match (uri.scheme(), uri.authority()) {
+            (Some(scheme), Some(authority)) => {
+                self.admits_parts(scheme.as_str(), authority.as_str(), authority.host())
+            }
+            _ => false,
+        }
+    }
+
+    /// [`admits`](Self::admits) for a request given by scheme, authority (`host[:port]`, as
+    /// written in the URL) and host.
+    #[inline]
+    pub(crate) fn admits_parts(&self, scheme: &str, authority: &str, host: &str) -> bool {
+        let https = scheme.eq_ignore_ascii_case(Scheme::HTTPS.as_str());
+        let http_ok = !https
+            && self.allow_http_loopback
+            && scheme.eq_ignore_ascii_case(Scheme::HTTP.as_str())
+            && is_loopback_host(host);
+        (https || http_ok) && self.origins.iter().any(|o| o.matches(authority, https))
+    }
+
+    /// The authorities (`host:port`, and `host` alone when the port is 443) under which
+    /// an `https` request names one of this scope's https origins: the router's exact
+    /// lookup table.
+    pub(crate) fn https_authorities(&self) -> impl Iterator<Item = &str> {
+        self.origins.iter().filter(|o| o.https).flat_map(|o| {
+            let bare = (o.port == 443).then_some(o.host.as_str());
+            std::iter::once(o.host_port.as_str()).chain(bare)
+        })
+    }
+
+    /// Whether one of this scope's origins is on `host` (whatever the scheme and port).
+    pub(crate) fn has_host(&self, host: &str) -> bool {
+        self.origins
+            .iter()
+            .any(|o| o.host().eq_ignore_ascii_case(host))
+    }
+
+    /// Whether this scope and `other` share an origin.
+    pub(crate) fn overlaps(&self, other: &Scope) -> bool {
+        self.origins.iter().any(|o| other.origins.contains(o))
+    }
+
     /// May a token be attached to a request for `uri`? No allocation on success, and no
     /// parsing: an `https` URI whose authority is a configured origin is accepted with two
     /// string comparisons; anything else takes the full [`check`](Self::check).

@@ -100,6 +100,7 @@ use crate::auth::BearerAuthLayer;
 use crate::cache::{TokenCache, Unauthorized};
 use crate::error::Error;
 use crate::origin::{check_host_header, Origin, Scope};
+use crate::router::{Router, Set, Target};
 
 /// The most redirects [`redirect_policy`] follows inside the API origins: 10, reqwest's
 /// own default.
@@ -116,8 +117,9 @@ pub const MAX_REDIRECTS: usize = 10;
 /// network is touched.
 #[derive(Clone)]
 pub struct BearerAuthMiddleware {
-    cache: TokenCache,
-    scope: Scope,
+    /// Chooses each request's credential set (the only one, for a middleware made by
+    /// `new`).
+    router: Router,
 }
 
 impl BearerAuthMiddleware {
@@ -133,36 +135,64 @@ impl BearerAuthMiddleware {
     /// which additionally needs [`allow_http_loopback`](Self::allow_http_loopback)).
     pub fn new(cache: TokenCache, api_base: &str) -> Result<Self, Error> {
         let origin = Origin::parse_config("API base", api_base)?;
+        let set = Set::from_parts(cache, Scope::new(origin));
         Ok(Self {
-            cache,
-            scope: Scope::new(origin),
+            router: Router::single(set),
         })
     }
 
-    /// Also authenticate requests to the origin (scheme, host, port) of `api_base`.
+    /// A middleware over several credential sets: each request gets the token of the set
+    /// the [`Router`] chooses for it (by host, or by a
+    /// [`CredentialSet`](crate::router::CredentialSet) given with
+    /// `RequestBuilder::with_extension`), and only a request for one of that set's origins
+    /// gets it; see [`router`](crate::router). Build the client from this middleware's
+    /// [`client_builder`](Self::client_builder): a redirect is followed only while it
+    /// stays inside one set's origins.
+    pub fn routed(router: Router) -> Self {
+        Self { router }
+    }
+
+    /// Also authenticate requests to the origin (scheme, host, port) of `api_base` (with the
+    /// default set, for a [`routed`](Self::routed) middleware).
     pub fn allow_api_base(mut self, api_base: &str) -> Result<Self, Error> {
         let origin = Origin::parse_config("API base", api_base)?;
-        self.scope.add(origin);
+        self.router.default_set_mut().scope_mut().add(origin);
         Ok(self)
     }
 
     /// Allow plain `http` requests to a configured loopback host (`127.0.0.0/8`, `::1`,
     /// `localhost`), for tests against a local mock. Off by default; the fake Docplanner of
-    /// the `test-util` feature speaks HTTPS and does not need it.
+    /// the `test-util` feature speaks HTTPS and does not need it. For a
+    /// [`routed`](Self::routed) middleware, this is the default set's.
     pub fn allow_http_loopback(mut self, allow: bool) -> Self {
-        self.scope.allow_http_loopback(allow);
+        self.router
+            .default_set_mut()
+            .scope_mut()
+            .allow_http_loopback(allow);
         self
     }
 
-    /// The cache the tokens come from.
+    /// The cache the tokens come from (the default set's, for a [`routed`](Self::routed)
+    /// middleware).
     pub fn cache(&self) -> &TokenCache {
-        &self.cache
+        self.router.default_set().cache()
     }
 
     /// [`redirect_policy`] for this middleware's API origins (all of them, with
-    /// [`allow_api_base`](Self::allow_api_base) or [`From<&BearerAuthLayer>`]).
+    /// [`allow_api_base`](Self::allow_api_base) or [`From<&BearerAuthLayer>`]). With
+    /// several credential sets, a hop is followed only when it stays inside the origins of
+    /// the set of the hop before it: a redirect from one market's host to another's stops
+    /// there (the `3xx` goes to the caller), so no set's token reaches another set's host.
+    /// Tenant sets (built at run time) are not known to the policy: their redirects stop
+    /// at the first hop.
     pub fn redirect_policy(&self) -> Policy {
-        policy(self.scope.clone())
+        policy(
+            self.router
+                .sets()
+                .iter()
+                .map(|set| set.scope().clone())
+                .collect(),
+        )
     }
 
     /// [`client_builder`] for this middleware's API origins.
@@ -170,30 +200,18 @@ impl BearerAuthMiddleware {
         ::reqwest::Client::builder().redirect(self.redirect_policy())
     }
 
-    /// May the token go with `request`? Counts and logs a refusal.
-    fn check(&self, request: &Request) -> Result<(), Error> {
-        let url = request.url();
-        let checked = check_url(&self.scope, url).and_then(|()| {
-            check_host_header(request.headers(), url.scheme() == "https", url.authority())
-        });
-        if let Err(error) = &checked {
-            self.cache.count_refused(error);
-        }
-        checked
-    }
-
-    /// Defence in depth: a response from outside the API origins means the client followed
-    /// a redirect away (it was not built with [`redirect_policy`](Self::redirect_policy)),
-    /// and the token may have gone with it. Say so loudly, and return whether the response
-    /// came from inside the API origins (one from outside is handed back as it is: a 401
-    /// from there says nothing about the token).
-    fn check_final_url(&self, response: &Response) -> bool {
-        if check_url(&self.scope, response.url()).is_ok() {
+    /// Defence in depth: a response from outside the set's origins means the client
+    /// followed a redirect away (it was not built with
+    /// [`redirect_policy`](Self::redirect_policy)), and the token may have gone with it. Say
+    /// so loudly, and return whether the response came from inside the set's origins (one
+    /// from outside is handed back as it is: a 401 from there says nothing about the token).
+    fn check_final_url(set: &Set, response: &Response) -> bool {
+        if check_url(set.scope(), response.url()).is_ok() {
             return true;
         }
         let url = response.url();
         tracing::error!(
-            cache = %self.cache.name(),
+            cache = %set.name(),
             scheme = url.scheme(),
             host = url.host_str().unwrap_or_default(),
             port = url.port_or_known_default().unwrap_or_default(),
@@ -204,20 +222,51 @@ impl BearerAuthMiddleware {
         #[cfg(feature = "metrics")]
         metrics::counter!(
             "docplanner_auth_redirected_outside_total",
-            "cache" => self.cache.name().to_owned()
+            "cache" => set.name().to_owned()
         )
         .increment(1);
         false
     }
+}
 
-    /// A token's header and id: one lock-free load when a usable token is cached, else the
-    /// single refresh in flight.
-    async fn header(&self) -> Result<(HeaderValue, u64), Error> {
-        if let Some(cached) = self.cache.header() {
-            return Ok(cached);
-        }
-        let token = self.cache.token().await?;
-        Ok((token.header_value().clone(), token.id()))
+/// A token's header and id from `cache`: one lock-free load when a usable token is cached,
+/// else the single refresh in flight.
+async fn header(cache: &TokenCache) -> Result<(HeaderValue, u64), Error> {
+    if let Some(cached) = cache.header() {
+        return Ok(cached);
+    }
+    let token = cache.token().await?;
+    Ok((token.header_value().clone(), token.id()))
+}
+
+/// A reqwest request as the router sees it.
+struct UrlTarget<'a> {
+    url: &'a Url,
+    headers: &'a ::reqwest::header::HeaderMap,
+}
+
+impl Target for UrlTarget<'_> {
+    fn admitted_by(&self, scope: &Scope) -> bool {
+        admits(scope, self.url)
+    }
+
+    fn check(&self, scope: &Scope) -> Result<(), Error> {
+        let url = self.url;
+        check_url(scope, url).and_then(|()| {
+            check_host_header(self.headers, url.scheme() == "https", url.authority())
+        })
+    }
+
+    fn host(&self) -> &str {
+        self.url.host_str().unwrap_or_default()
+    }
+
+    fn is_https(&self) -> bool {
+        self.url.scheme() == "https"
+    }
+
+    fn https_authority(&self) -> Option<&str> {
+        self.is_https().then(|| self.url.authority())
     }
 }
 
@@ -226,8 +275,7 @@ impl BearerAuthMiddleware {
 impl From<&BearerAuthLayer> for BearerAuthMiddleware {
     fn from(layer: &BearerAuthLayer) -> Self {
         Self {
-            cache: layer.config.cache.clone(),
-            scope: layer.config.scope.clone(),
+            router: layer.config.router.clone(),
         }
     }
 }
@@ -240,10 +288,20 @@ impl Middleware for BearerAuthMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        self.check(&request)
+        let target = UrlTarget {
+            url: request.url(),
+            headers: request.headers(),
+        };
+        let route = self
+            .router
+            .choose(&target, extensions)
             .map_err(reqwest_middleware::Error::middleware)?;
-        let (header, used) = self
-            .header()
+        let Some(set) = route.set() else {
+            // No credential set covers the request, and pass-through is on: untouched.
+            return next.run(request, extensions).await;
+        };
+        let cache = set.cache();
+        let (header, used) = header(cache)
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
         // Cloned before the token goes in, and before sending: a streamed body cannot be
@@ -252,10 +310,10 @@ impl Middleware for BearerAuthMiddleware {
         request.headers_mut().insert(AUTHORIZATION, header);
 
         // The 401 policy is the tower layer's, asked the same way (see `cache/reauth.rs`).
-        let mut reauth = self.cache.reauth(used);
+        let mut reauth = cache.reauth(used);
         let response = next.clone().run(request, extensions).await?;
-        if !self.check_final_url(&response) {
-            // The answer came from outside the API origins (a redirect the client
+        if !Self::check_final_url(set, &response) {
+            // The answer came from outside the set's origins (a redirect the client
             // followed): it says nothing about the token, and is handed back untouched.
             return Ok(response);
         }
@@ -279,7 +337,7 @@ impl Middleware for BearerAuthMiddleware {
             .insert(AUTHORIZATION, token.header_value().clone());
         reauth.replaying(&token);
         let response = next.run(again, extensions).await?;
-        if !self.check_final_url(&response) {
+        if !Self::check_final_url(set, &response) {
             return Ok(response);
         }
         if response.status() != StatusCode::UNAUTHORIZED {
@@ -314,7 +372,7 @@ fn unauthorized(mut response: Response, why: Unauthorized) -> Response {
 /// ```
 pub fn redirect_policy(api_base: &str) -> Result<Policy, Error> {
     let origin = Origin::parse_config("API base", api_base)?;
-    Ok(policy(Scope::new(origin)))
+    Ok(policy(vec![Scope::new(origin)]))
 }
 
 /// A [`reqwest::ClientBuilder`] whose redirects never leave the origin of `api_base` (see
@@ -339,10 +397,15 @@ pub fn client_builder(api_base: &str) -> Result<::reqwest::ClientBuilder, Error>
     Ok(::reqwest::Client::builder().redirect(redirect_policy(api_base)?))
 }
 
-/// The one redirect rule: follow inside `scope`, stop at the first hop out of it.
-fn policy(scope: Scope) -> Policy {
+/// The one redirect rule: follow while a hop stays inside the scope of the hop before it
+/// (one of `scopes`, one per credential set), stop at the first hop out of it.
+fn policy(scopes: Vec<Scope>) -> Policy {
     Policy::custom(move |attempt: Attempt<'_>| {
-        if check_url(&scope, attempt.url()).is_err() {
+        let next = attempt.url();
+        let inside = scopes.iter().any(|scope| {
+            admits(scope, next) && attempt.previous().last().is_none_or(|p| admits(scope, p))
+        });
+        if !inside {
             tracing::debug!(
                 status = attempt.status().as_u16(),
                 "redirect out of the API origins not followed; the 3xx goes to the caller"
@@ -354,6 +417,15 @@ fn policy(scope: Scope) -> Policy {
             attempt.follow()
         }
     })
+}
+
+/// Whether `url` falls in `scope` (a yes or no, no error built).
+fn admits(scope: &Scope, url: &Url) -> bool {
+    scope.admits_parts(
+        url.scheme(),
+        url.authority(),
+        url.host_str().unwrap_or_default(),
+    )
 }
 
 /// May the token go to `url`? `authority()` is the URL's `user:password@host:port` as
@@ -371,8 +443,7 @@ impl fmt::Debug for BearerAuthMiddleware {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The cache prints its state and counters, never a token.
         f.debug_struct("BearerAuthMiddleware")
-            .field("cache", &self.cache)
-            .field("scope", &self.scope)
+            .field("router", &self.router)
             .finish()
     }
 }

@@ -104,6 +104,7 @@ fn parsing() {
         cli::parse(&args(&["--fake", "POST", "/x?y=1", r#"{"a":[1]}"#])),
         Ok(cli::Command::Call {
             fake: true,
+            domain: None,
             method: Method::POST,
             path: "/x?y=1".to_owned(),
             body: Some(json!({"a": [1]})),
@@ -113,9 +114,42 @@ fn parsing() {
         cli::parse(&args(&["GET", "/facilities"])),
         Ok(cli::Command::Call {
             fake: false,
+            domain: None,
             method: Method::GET,
             path: "/facilities".to_owned(),
             body: None,
         })
+    );
+    assert_eq!(
+        cli::parse(&args(&["--domain", "pl", "GET", "/facilities"])),
+        Ok(cli::Command::Call {
+            fake: false,
+            domain: Some("pl".to_owned()),
+            method: Method::GET,
+            path: "/facilities".to_owned(),
+            body: None,
+        })
+    );
+    assert!(cli::parse(&args(&["GET", "/facilities", "--domain"])).is_err());
+}
+
+#[tokio::test]
+async fn with_several_fake_markets_domain_chooses_the_set_and_only_its_token_is_fetched() {
+    let (code, out, err) =
+        run(&["--fake", "--domain", "znanylekarz.pl", "GET", "/facilities"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Sample hospital"), "{out}");
+    assert_eq!(
+        err,
+        "GET /facilities -> 200 OK\nfake markets, token requests: es=0 pl=1 it=0\n"
+    );
+    let (code, _, err) = run(&["--fake", "--domain", "it", "GET", "/facilities"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.ends_with("es=0 pl=0 it=1\n"), "{err}");
+    let (code, _, err) = run(&["--fake", "--domain", "de", "GET", "/facilities"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--fake serves the markets es, pl, it"),
+        "{err}"
     );
 }

@@ -133,6 +133,13 @@ impl<B> ReplayBody<B> {
         (Self { kind }, Some(Replay::Tape(tape)))
     }
 
+    /// Wrap `body` without recording it (a request that is never replayed).
+    pub(crate) fn unrecorded(body: B) -> Self {
+        Self {
+            kind: Kind::Streaming { body, tape: None },
+        }
+    }
+
     fn empty() -> Self {
         Self { kind: Kind::Empty }
     }

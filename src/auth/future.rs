@@ -4,6 +4,7 @@
 //!
 //! ```text
 //!   Refused ──► the error            Token (no usable token: wait for the single refresh)
+//!   Passed ──► whatever it answers     │   (no credential set: sent untouched)
 //!                                      │
 //!                                      ▼
 //!   (a usable token) ───────────────► First (the request is in flight)
@@ -35,7 +36,7 @@ use tower_service::Service;
 use super::body::{Replay, ReplayBody};
 use super::head::Head;
 use super::layer::Config;
-use crate::cache::{Reauth, Replacement, Unauthorized};
+use crate::cache::{Reauth, Replacement, TokenCache, Unauthorized};
 use crate::error::{BoxError, Error, Kind};
 use crate::token::AccessToken;
 
@@ -52,8 +53,9 @@ pin_project! {
         state: State<S::Future, B, S::Response>,
         // The inner service that was polled ready for this request.
         inner: S,
-        // The 401 policy for this request.
-        reauth: Reauth,
+        // The 401 policy for this request; `None` when no credential set applies (refused,
+        // or passed through untouched).
+        reauth: Option<Reauth>,
         replay_limit: usize,
         // The head and the recorded body, kept for one replay; `None` once the request was
         // sent with a body that cannot be replayed.
@@ -66,6 +68,9 @@ pin_project! {
     enum State<F, B, R> {
         // Refused before sending: this error is the answer.
         Refused { error: Option<Error> },
+        // No credential set covers the request and pass-through is on: sent untouched, its
+        // answer is the answer.
+        Passed { #[pin] future: F },
         // No usable token: waiting for the single refresh before the first send.
         Token { token: TokenFuture, request: Option<Request<B>> },
         // The request is in flight.
@@ -92,30 +97,50 @@ where
     S: Service<Request<ReplayBody<B>>>,
 {
     /// The future of a request refused before sending.
-    pub(crate) fn refused(inner: S, config: &Config, error: Error) -> Self {
+    pub(crate) fn refused(inner: S, error: Error) -> Self {
         Self {
             state: State::Refused { error: Some(error) },
             inner,
-            reauth: config.cache.reauth(0),
-            replay_limit: config.replay_limit,
+            reauth: None,
+            replay_limit: 0,
             replay: None,
         }
     }
 
-    /// The future of `request`, sent right away when a usable token is cached.
+    /// The future of a request that no credential set covers, sent untouched (the body is
+    /// not recorded: there is no replay).
+    pub(crate) fn passed(mut inner: S, request: Request<B>) -> Self {
+        let (parts, body) = request.into_parts();
+        let future = inner.call(Request::from_parts(parts, ReplayBody::unrecorded(body)));
+        Self {
+            state: State::Passed { future },
+            inner,
+            reauth: None,
+            replay_limit: 0,
+            replay: None,
+        }
+    }
+
+    /// The future of `request`, with a token from `cache` (its credential set's), sent
+    /// right away when a usable token is cached.
     #[inline]
-    pub(crate) fn new(mut inner: S, config: &Config, request: Request<B>) -> Self
+    pub(crate) fn new(
+        mut inner: S,
+        cache: &TokenCache,
+        config: &Config,
+        request: Request<B>,
+    ) -> Self
     where
         B: Body,
     {
         // The hot path: a usable token is one lock-free load away.
-        let (state, used, replay) = match config.cache.header() {
+        let (state, used, replay) = match cache.header() {
             Some((header, id)) => {
                 let (future, replay) = send(&mut inner, request, header, config.replay_limit);
                 (State::First { future }, id, replay)
             }
             None => {
-                let cache = config.cache.clone();
+                let cache = cache.clone();
                 let token: TokenFuture = Box::pin(async move { cache.token().await });
                 let state = State::Token {
                     token,
@@ -127,7 +152,7 @@ where
         Self {
             state,
             inner,
-            reauth: config.cache.reauth(used),
+            reauth: Some(cache.reauth(used)),
             replay_limit: config.replay_limit,
             replay,
         }
@@ -190,26 +215,31 @@ where
                 StateProj::Refused { error } => {
                     return Poll::Ready(Err(error.take().map_or_else(gone, BoxError::from)));
                 }
+                StateProj::Passed { future } => {
+                    return future.poll(cx).map_err(Into::into);
+                }
                 StateProj::Token { token, request } => {
                     let token = ready!(token.as_mut().poll(cx))?;
+                    let reauth = this.reauth.as_mut().ok_or_else(gone)?;
                     let request = request.take().ok_or_else(gone)?;
                     let header = token.header_value().clone();
                     let (future, replay) = send(this.inner, request, header, *this.replay_limit);
-                    this.reauth.sent(&token);
+                    reauth.sent(&token);
                     *this.replay = replay;
                     this.state.set(State::First { future });
                 }
                 StateProj::First { future } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    let reauth = this.reauth.as_mut().ok_or_else(gone)?;
                     if response.status() != StatusCode::UNAUTHORIZED {
-                        this.reauth.accepted();
+                        reauth.accepted();
                         return Poll::Ready(Ok(response));
                     }
                     let again = this
                         .replay
                         .take()
                         .and_then(|(head, body)| again(head, &body));
-                    match this.reauth.rejected(again.is_some()) {
+                    match reauth.rejected(again.is_some()) {
                         Ok(token) => this.state.set(State::Replacement {
                             token,
                             waiting: again.map(|request| (response, request)),
@@ -229,7 +259,7 @@ where
                     request
                         .headers_mut()
                         .insert(AUTHORIZATION, token.header_value().clone());
-                    this.reauth.replaying(&token);
+                    this.reauth.as_mut().ok_or_else(gone)?.replaying(&token);
                     this.state.set(State::Ready {
                         request: Some(request),
                     });
@@ -242,11 +272,12 @@ where
                 }
                 StateProj::Replayed { future } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    let reauth = this.reauth.as_mut().ok_or_else(gone)?;
                     if response.status() != StatusCode::UNAUTHORIZED {
-                        this.reauth.accepted();
+                        reauth.accepted();
                         return Poll::Ready(Ok(response));
                     }
-                    let why = this.reauth.rejected_again();
+                    let why = reauth.rejected_again();
                     return Poll::Ready(Ok(unauthorized(response, why)));
                 }
             }
@@ -261,6 +292,7 @@ where
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::Refused { .. } => "refused",
+            State::Passed { .. } => "passed through",
             State::Token { .. } => "waiting for a token",
             State::First { .. } => "sent",
             State::Replacement { .. } => "waiting for a new token after a 401",

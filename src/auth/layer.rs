@@ -10,6 +10,7 @@ use super::body::DEFAULT_REPLAY_LIMIT;
 use crate::cache::TokenCache;
 use crate::error::Error;
 use crate::origin::{Origin, Scope};
+use crate::router::{Router, Set};
 
 /// Adds `Authorization: Bearer <token>` to every request, from a shared [`TokenCache`].
 ///
@@ -24,8 +25,8 @@ pub struct BearerAuthLayer {
 /// What every [`BearerAuth`] made by one layer shares.
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
-    pub(crate) cache: TokenCache,
-    pub(crate) scope: Scope,
+    /// Chooses each request's credential set (the only one, for a layer made by `new`).
+    pub(crate) router: Router,
     pub(crate) replay_limit: usize,
 }
 
@@ -42,28 +43,49 @@ impl BearerAuthLayer {
     /// which additionally needs [`allow_http_loopback`](Self::allow_http_loopback)).
     pub fn new(cache: TokenCache, api_base: &str) -> Result<Self, Error> {
         let origin = Origin::parse_config("API base", api_base)?;
-        Ok(Self {
-            config: Arc::new(Config {
-                cache,
-                scope: Scope::new(origin),
-                replay_limit: DEFAULT_REPLAY_LIMIT,
-            }),
-        })
+        let set = Set::from_parts(cache, Scope::new(origin));
+        Ok(Self::with_router(Router::single(set)))
     }
 
-    /// Also authenticate requests to the origin (scheme, host, port) of `api_base`.
+    /// A layer over several credential sets: each request gets the token of the set the
+    /// [`Router`] chooses for it (by host, or by a
+    /// [`CredentialSet`](crate::router::CredentialSet) extension), and only a request for
+    /// one of that set's origins gets it; see [`router`](crate::router).
+    pub fn routed(router: Router) -> Self {
+        Self::with_router(router)
+    }
+
+    fn with_router(router: Router) -> Self {
+        Self {
+            config: Arc::new(Config {
+                router,
+                replay_limit: DEFAULT_REPLAY_LIMIT,
+            }),
+        }
+    }
+
+    /// Also authenticate requests to the origin (scheme, host, port) of `api_base` (with the
+    /// default set, for a [`routed`](Self::routed) layer).
     pub fn allow_api_base(mut self, api_base: &str) -> Result<Self, Error> {
         let origin = Origin::parse_config("API base", api_base)?;
-        Arc::make_mut(&mut self.config).scope.add(origin);
+        Arc::make_mut(&mut self.config)
+            .router
+            .default_set_mut()
+            .scope_mut()
+            .add(origin);
         Ok(self)
     }
 
     /// Allow plain `http` requests to a configured loopback host (`127.0.0.0/8`, `::1`,
     /// `localhost`), for tests against a local mock. Off by default; the fake Docplanner of
-    /// the `test-util` feature speaks HTTPS and does not need it.
+    /// the `test-util` feature speaks HTTPS and does not need it. For a
+    /// [`routed`](Self::routed) layer, this is the default set's; the others say it with
+    /// [`Set::allow_http_loopback`].
     pub fn allow_http_loopback(mut self, allow: bool) -> Self {
         Arc::make_mut(&mut self.config)
-            .scope
+            .router
+            .default_set_mut()
+            .scope_mut()
             .allow_http_loopback(allow);
         self
     }
@@ -79,8 +101,14 @@ impl BearerAuthLayer {
         self
     }
 
-    /// The cache the tokens come from.
+    /// The cache the tokens come from (the default set's, for a [`routed`](Self::routed)
+    /// layer).
     pub fn cache(&self) -> &TokenCache {
-        &self.config.cache
+        self.config.router.default_set().cache()
+    }
+
+    /// The router that chooses each request's credential set.
+    pub fn router(&self) -> &Router {
+        &self.config.router
     }
 }

@@ -14,6 +14,7 @@ use super::future::ResponseFuture;
 use super::layer::{BearerAuthLayer, Config};
 use crate::cache::TokenCache;
 use crate::error::BoxError;
+use crate::router::HttpTarget;
 
 /// Middleware that authenticates requests with a bearer token; see [`BearerAuthLayer`].
 ///
@@ -35,9 +36,10 @@ impl<S> BearerAuth<S> {
         }
     }
 
-    /// The cache the tokens come from (for [`TokenCache::status`] in a health check).
+    /// The cache the tokens come from, the default set's for a routed layer (for
+    /// [`TokenCache::status`] in a health check).
     pub fn cache(&self) -> &TokenCache {
-        &self.config.cache
+        self.config.router.default_set().cache()
     }
 
     /// The inner service.
@@ -75,15 +77,17 @@ where
         // Use the service that was polled ready; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        if let Err(error) = self
-            .config
-            .scope
-            .check_request(request.uri(), request.headers())
-        {
-            self.config.cache.count_refused(&error);
-            return ResponseFuture::refused(inner, &self.config, error);
+        let target = HttpTarget {
+            uri: request.uri(),
+            headers: request.headers(),
+        };
+        match self.config.router.choose(&target, request.extensions()) {
+            Ok(route) => match route.set() {
+                Some(set) => ResponseFuture::new(inner, set.cache(), &self.config, request),
+                None => ResponseFuture::passed(inner, request),
+            },
+            Err(error) => ResponseFuture::refused(inner, error),
         }
-        ResponseFuture::new(inner, &self.config, request)
     }
 }
 

@@ -195,15 +195,7 @@ impl FakeDocplanner {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let mut roots = rustls::RootCertStore::empty();
-        if let Some(certificate) = &self.certificate {
-            roots.add(certificate.der.clone())?;
-        }
-        // No proxy whatever the environment says: the fake is on loopback.
-        Ok(HttpsClientBuilder::new()
-            .roots(roots)
-            .proxy(Proxy::none())
-            .build()?)
+        client_trusting(&[self])
     }
 
     /// The in-process service: the same routes, counters and faults, no socket.
@@ -492,6 +484,25 @@ impl FakeDocplannerBuilder {
             http_task: None,
         }
     }
+}
+
+/// An HTTPS client (the crate's built-in client type) that trusts the certificate of each
+/// of `fakes`: one client for several fake markets (see `examples/markets.rs`).
+pub fn client_trusting<B>(fakes: &[&FakeDocplanner]) -> Result<HttpsClient<B>, BoxError>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in fakes.iter().filter_map(|f| f.certificate.as_ref()) {
+        roots.add(certificate.der.clone())?;
+    }
+    // No proxy whatever the environment says: the fakes are on loopback.
+    Ok(HttpsClientBuilder::new()
+        .roots(roots)
+        .proxy(Proxy::none())
+        .build()?)
 }
 
 impl Drop for FakeDocplanner {
