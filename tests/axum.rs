@@ -9,7 +9,6 @@ mod support;
 use std::net::Ipv4Addr;
 
 use bytes::Bytes;
-use std::time::Duration;
 
 use docplanner_auth::testing::{FakeDocplanner, TokenFault};
 use docplanner_auth::{BearerAuth, TokenCache};
@@ -151,11 +150,7 @@ async fn a_401_that_survives_the_replay_is_a_502_with_a_message() {
 #[tokio::test]
 async fn with_the_rejection_limit_off_an_api_that_rejects_everything_never_loops() {
     let fake = FakeDocplanner::builder().start().await.unwrap();
-    let cache = fake
-        .cache_builder()
-        .unwrap()
-        .rejection_backoff(Duration::ZERO, Duration::ZERO)
-        .build();
+    let cache = support::without_rejection_limit(&fake);
     let api_base = fake.api_base();
     let backend = Backend::start_with(fake, &api_base, cache).await;
     assert_eq!(backend.get_facilities().await.status, StatusCode::OK);

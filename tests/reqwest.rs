@@ -295,11 +295,7 @@ async fn two_revocations_in_a_row_are_both_healed() {
 #[tokio::test]
 async fn with_the_rejection_limit_off_an_api_that_rejects_everything_never_loops() {
     let fake = FakeDocplanner::builder().start().await.unwrap();
-    let cache = fake
-        .cache_builder()
-        .unwrap()
-        .rejection_backoff(Duration::ZERO, Duration::ZERO)
-        .build();
+    let cache = support::without_rejection_limit(&fake);
     let middleware = BearerAuthMiddleware::new(cache.clone(), &fake.api_base()).unwrap();
     let client = client_with(&fake, middleware);
     let url = format!("{}/facilities", fake.api_base());

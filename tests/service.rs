@@ -78,6 +78,17 @@ fn get() -> Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// Answer `200` to the inner request, and check the layer hands it back (within
+/// [`support::PEER_WAIT`]).
+async fn answer_ok<F>(send: mock::SendResponse<Response<Tracked>>, response: F)
+where
+    F: std::future::Future<Output = Result<Response<Tracked>, BoxError>>,
+{
+    send.send_response(respond(StatusCode::OK, &Arc::new(AtomicBool::new(false))));
+    let response = support::within("the response", response).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
 fn respond(status: StatusCode, dropped: &Arc<AtomicBool>) -> Response<Tracked> {
     let mut response = Response::new(Tracked(Arc::clone(dropped)));
     *response.status_mut() = status;
@@ -99,14 +110,7 @@ async fn backpressure_passes_through_and_the_ready_service_is_called() {
     let (request, send) = next(&mut handle).await;
     assert_eq!(request.headers()["authorization"], "Bearer t1");
     assert!(request.headers()["authorization"].is_sensitive());
-    send.send_response(respond(StatusCode::OK, &Arc::new(AtomicBool::new(false))));
-    assert_eq!(
-        support::within("the response", response)
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
+    answer_ok(send, response).await;
 }
 
 #[tokio::test]
@@ -144,14 +148,7 @@ async fn the_replay_polls_ready_again_and_the_401_is_dropped_first() {
     let (second, send) = next(&mut handle).await;
     assert_eq!(second.headers()["authorization"], "Bearer t2");
     assert_eq!(second.uri(), first.uri());
-    send.send_response(respond(StatusCode::OK, &Arc::new(AtomicBool::new(false))));
-    assert_eq!(
-        support::within("the response", response)
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
+    answer_ok(send, response).await;
 }
 
 #[tokio::test]

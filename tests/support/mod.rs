@@ -281,3 +281,11 @@ pub async fn wait_until_fresh(cache: &TokenCache) {
     })
     .await;
 }
+
+/// A cache for `fake` with the rejection backoff off: the 401 loop guard on its own.
+pub fn without_rejection_limit(fake: &FakeDocplanner) -> TokenCache {
+    fake.cache_builder()
+        .unwrap()
+        .rejection_backoff(std::time::Duration::ZERO, std::time::Duration::ZERO)
+        .build()
+}
