@@ -590,6 +590,13 @@ impl Verdict {
         self.check(text, holds)
     }
 
+    /// `value < limit`, both measured in this run (`None`: missing), printed with figures.
+    pub fn less_than(self, what: &str, value: Option<f64>, limit: Option<f64>) -> Self {
+        let text = format!("{what}: {} < {}", figure(value), figure(limit));
+        let holds = value.zip(limit).map(|(v, l)| v < l);
+        self.check(text, holds)
+    }
+
     /// `value >= floor`, both measured in this run (`None`: missing), printed with figures.
     pub fn at_least(self, what: &str, value: Option<f64>, floor: Option<f64>) -> Self {
         let text = format!("{what}: {} >= {}", figure(value), figure(floor));
