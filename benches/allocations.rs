@@ -172,4 +172,12 @@ fn main() {
         );
     }
     println!("(vs (b): allocations per request more than tower-http's AddAuthorization)");
+    let post = |name: &str| rows.iter().find(|row| row.0 == name).map(|row| row.2 .0);
+    support::Verdict::new("allocations")
+        .at_most(
+            "realistic POST: ours allocations <= AddAuthorization + 2",
+            post("c_bearer_auth"),
+            post("b_add_authorization").map(|floor| floor + 2.0),
+        )
+        .print();
 }

@@ -170,6 +170,28 @@ fn hot_path(c: &mut Criterion) {
         3,
         "one token request per design, all warm"
     );
+    // Every condition of the target, from this run's medians (missing: MISSED).
+    let median = |threads: usize, function: &str| {
+        support::median_ns(&format!("hot_path_{threads}_thread"), function, since)
+    };
+    let (ours, rwlock, huskarl) = (FUNCTIONS[2], FUNCTIONS[3], FUNCTIONS[4]);
+    support::Verdict::new("hot path")
+        .less_than(
+            "2 threads: ours ns < hand-rolled RwLock ns",
+            median(2, ours),
+            median(2, rwlock),
+        )
+        .less_than(
+            "2 threads: ours ns < huskarl ns",
+            median(2, ours),
+            median(2, huskarl),
+        )
+        .at_most(
+            "1 thread: ours ns <= 1.10 x hand-rolled RwLock ns",
+            median(1, ours),
+            median(1, rwlock).map(|ns| 1.10 * ns),
+        )
+        .print();
 }
 
 criterion_group! {

@@ -4,10 +4,12 @@
 
 #[path = "../examples/axum_backend/app.rs"]
 mod app;
+mod support;
 
 use std::net::Ipv4Addr;
 
 use bytes::Bytes;
+
 use docplanner_auth::testing::{FakeDocplanner, TokenFault};
 use docplanner_auth::{BearerAuth, TokenCache};
 use http::{HeaderMap, StatusCode};
@@ -31,6 +33,11 @@ impl Backend {
     /// The backend's router told to call `api_base` (the fake's, unless a test says else).
     async fn start_with_api_base(fake: FakeDocplanner, api_base: &str) -> Self {
         let cache = fake.cache().unwrap();
+        Self::start_with(fake, api_base, cache).await
+    }
+
+    /// The backend in front of `fake` at `api_base`, its client layered over `cache`.
+    async fn start_with(fake: FakeDocplanner, api_base: &str, cache: TokenCache) -> Self {
         let layer = fake.layer(cache.clone()).unwrap();
         let client = BearerAuth::new(fake.client().unwrap(), &layer);
         let router = app::app(client, api_base);
@@ -42,13 +49,18 @@ impl Backend {
         Self { fake, cache, url }
     }
 
-    /// `GET /facilities` on the backend, over plain HTTP like a browser would.
+    /// `GET /facilities` on the backend, over plain HTTP like a browser would; a failure
+    /// after [`support::PEER_WAIT`] if no answer comes (a layer that loops never answers).
     async fn get_facilities(&self) -> Answer {
         self.get("/facilities").await
     }
 
-    /// `GET {path}` on the backend.
+    /// `GET {path}` on the backend (a wait over 5 s fails the test).
     async fn get(&self, path: &str) -> Answer {
+        support::within("the backend's answer", self.fetch(path)).await
+    }
+
+    async fn fetch(&self, path: &str) -> Answer {
         let http = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
         let response = http
             .get(format!("{}{path}", self.url).parse().unwrap())
@@ -130,7 +142,6 @@ async fn a_401_that_survives_the_replay_is_a_502_with_a_message() {
     backend.assert_no_secret(&answer, &tokens);
     // The layer renewed the token and replayed once; the replay was rejected too, which
     // makes that new token suspect in turn: one more refresh runs in the background.
-    assert_eq!(backend.cache.stats().replays, 1);
     tokio::time::timeout(std::time::Duration::from_secs(5), async {
         while backend.cache.status().state != docplanner_auth::cache::TokenState::Fresh {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -138,15 +149,39 @@ async fn a_401_that_survives_the_replay_is_a_502_with_a_message() {
     })
     .await
     .expect("the background refresh lands within 5 s");
+    // Exactly, as the fake saw them: sent once, replayed once, never a loop.
     let stats = backend.fake.stats();
-    assert_eq!(
-        stats.api_forced_401, 2,
-        "sent once, replayed once: never a loop"
-    );
-    assert_eq!(stats.token_requests, 3);
+    assert_eq!(stats.api_requests, 1 + 2, "{stats:?}");
+    assert_eq!(stats.api_forced_401, 2, "{stats:?}");
+    assert_eq!(stats.token_requests, 3, "{stats:?}");
 
     backend.fake.set_api_always_401(false);
     assert_eq!(backend.get_facilities().await.status, StatusCode::OK);
+}
+
+/// The loop guard on its own, through the backend: no rejection backoff to hide behind.
+#[tokio::test]
+async fn with_the_rejection_limit_off_an_api_that_rejects_everything_never_loops() {
+    let fake = FakeDocplanner::builder().start().await.unwrap();
+    let cache = support::without_rejection_limit(&fake);
+    let api_base = fake.api_base();
+    let backend = Backend::start_with(fake, &api_base, cache).await;
+    assert_eq!(backend.get_facilities().await.status, StatusCode::OK);
+    backend.fake.set_api_always_401(true);
+    for _ in 0..20 {
+        let answer = backend.get_facilities().await;
+        assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(answer.json()["error"], "docplanner_rejected");
+        // The replay's 401 started a refresh in the background: let it land, so that each
+        // request meets the same state and the counts are exact.
+        support::wait_until_fresh(&backend.cache).await;
+    }
+    let stats = backend.fake.stats();
+    // Exactly, as the fake saw them: each request sent once and replayed once; two forced
+    // refreshes per request (the first 401's, the replay's), never more.
+    assert_eq!(stats.api_requests, 1 + 20 * 2, "{stats:?}");
+    assert_eq!(stats.api_forced_401, 20 * 2, "{stats:?}");
+    assert_eq!(stats.token_requests, 1 + 20 * 2, "{stats:?}");
 }
 
 #[tokio::test]

@@ -193,7 +193,7 @@ async fn faults_without_a_valid_token() {
             "{}: every caller got the typed error",
             case.name
         );
-        let attempts = s.cache.stats().token_requests;
+        let attempts = s.fake.stats().token_requests;
         assert_eq!(
             attempts,
             expected_attempts(&case),
@@ -209,7 +209,7 @@ async fn faults_without_a_valid_token() {
             case.name
         );
         assert_eq!(
-            s.cache.stats().token_requests,
+            s.fake.stats().token_requests,
             attempts + 1,
             "{}: one request heals it",
             case.name
@@ -245,9 +245,9 @@ async fn faults_while_a_valid_token_is_stale() {
             "{}: the valid token was served throughout",
             case.name
         );
-        // The background attempts follow the same schedule (counted by the cache: the
-        // first token is one more).
-        let attempts = s.cache.stats().token_requests - 1;
+        // The background attempts follow the same schedule (counted by the fake's token
+        // endpoint: the first token is one more).
+        let attempts = s.fake.stats().token_requests - 1;
         assert_eq!(
             attempts,
             expected_attempts(&case),
@@ -271,7 +271,7 @@ async fn faults_while_a_valid_token_is_stale() {
             case.name
         );
         assert_eq!(
-            s.cache.stats().token_requests - 1,
+            s.fake.stats().token_requests - 1,
             attempts + 1,
             "{}",
             case.name

@@ -14,7 +14,9 @@ use docplanner_auth::Unauthorized;
 use http::{Request, StatusCode};
 use http_body::Frame;
 use http_body_util::{Full, StreamBody};
-use support::{body_text, booking_json, in_process, in_process_with, status};
+use support::{
+    body_text, booking_json, in_process, in_process_with, status, wait_until_fresh, within,
+};
 use tower::{Layer, ServiceExt};
 
 #[tokio::test(start_paused = true)]
@@ -115,29 +117,35 @@ async fn a_revocation_before_anyone_used_the_replacement_is_healed_too() {
     assert_eq!(s.fake.stats().token_requests, 3);
 }
 
-#[tokio::test(start_paused = true)]
+/// The loop guard on its own: no rejection backoff to hide behind. On the real clock (a
+/// paused clock never fires a timeout while a loop keeps the runtime busy), each request
+/// under [`support::within`], so a guard that loops fails in seconds instead of hanging.
+#[tokio::test]
 async fn with_the_rejection_limit_off_an_api_that_rejects_everything_still_never_loops() {
     let s = in_process_with(FakeDocplanner::builder().in_process(), |b| {
         b.rejection_backoff(Duration::ZERO, Duration::ZERO)
     });
-    assert_eq!(status(s.get().await).await, StatusCode::OK);
+    let get = || within("an answer (a loop never answers)", s.get());
+    assert_eq!(status(get().await).await, StatusCode::OK);
     s.fake.set_api_always_401(true);
     for _ in 0..50 {
-        assert_eq!(status(s.get().await).await, StatusCode::UNAUTHORIZED);
+        let response = get().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert!(matches!(
+            response.extensions().get::<Unauthorized>(),
+            Some(Unauthorized::RejectedAfterReplay)
+        ));
+        // The replay's 401 started a refresh in the background: let it land, so that each
+        // request meets the same state and the counts are exact.
+        wait_until_fresh(&s.cache).await;
     }
-    // Let the refresh that the last replay's 401 started in the background finish.
-    tokio::time::sleep(Duration::from_millis(10)).await;
     let fake = s.fake.stats();
-    // Each request: sent once, replayed once with a new token; never more.
-    assert_eq!(
-        fake.api_forced_401,
-        50 * 2,
-        "exactly one replay per request"
-    );
-    assert_eq!(s.cache.stats().replays, 50);
-    // The initial token; the first request's 401 forces one refresh; then each replay's
-    // 401 forces the refresh that the next request's replay waits for: one per request.
-    assert_eq!(fake.token_requests, 1 + 1 + 50);
+    // Exactly, as the fake saw them: each request sent once and replayed once with a new
+    // token; two forced refreshes per request (the first 401's, the replay's), never more.
+    assert_eq!(fake.api_requests, 1 + 50 * 2, "{fake:?}");
+    assert_eq!(fake.api_forced_401, 50 * 2, "{fake:?}");
+    assert_eq!(fake.token_requests, 1 + 50 * 2, "{fake:?}");
+    assert_eq!(fake.tokens_issued, 1 + 50 * 2, "{fake:?}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -8,7 +8,6 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use docplanner_auth::cache::TokenState;
 use docplanner_auth::reqwest::BearerAuthMiddleware;
 use docplanner_auth::testing::{FakeDocplanner, TokenFault};
 use docplanner_auth::{BearerAuth, ReplayBody, TokenCache, Unauthorized};
@@ -17,7 +16,7 @@ use http_body::Frame;
 use http_body_util::{Full, StreamBody};
 use reqwest::StatusCode;
 use reqwest_middleware::ClientWithMiddleware;
-use support::booking_json;
+use support::{booking_json, wait_until_fresh, within};
 use tower::ServiceExt;
 
 /// A fake Docplanner, a cache fetching from it, and a reqwest client with the middleware.
@@ -169,7 +168,11 @@ async fn a_401_on_the_replay_goes_back_to_the_caller_without_a_loop() {
     let response = s.client.get(s.facilities()).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert!(response.text().await.unwrap().contains("not allowed"));
-    assert_eq!(s.cache.stats().replays, 1, "replayed once, not in a loop");
+    assert_eq!(
+        s.fake.stats().api_requests,
+        1 + 2,
+        "replayed once, not in a loop"
+    );
     assert_eq!(s.fake.stats().api_forced_401, 2, "sent twice in all");
     // The replay's 401 made the new token suspect too: one more refresh (one fresh token
     // rejected unconfirmed is not yet evidence), in the background.
@@ -182,7 +185,7 @@ async fn a_401_on_the_replay_goes_back_to_the_caller_without_a_loop() {
         assert_eq!(s.get().await, StatusCode::UNAUTHORIZED);
     }
     assert_eq!(s.fake.stats().token_requests, 3, "no token-endpoint storm");
-    assert_eq!(s.cache.stats().replays, 1);
+    assert_eq!(s.fake.stats().api_requests, 1 + 2 + 10, "none replayed");
     assert_eq!(s.fake.stats().api_forced_401, 2 + 10);
 }
 
@@ -246,17 +249,6 @@ async fn a_streamed_body_is_not_replayed_but_its_token_is_replaced() {
     assert_eq!(s.cache.stats().replays, 0);
 }
 
-/// Wait (at most 5 s) until the cache holds a fresh token.
-async fn wait_until_fresh(cache: &TokenCache) {
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while cache.status().state != TokenState::Fresh {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("a fresh token within 5 s");
-}
-
 #[tokio::test]
 async fn a_failed_refresh_after_a_401_travels_with_the_401_and_the_token_stays() {
     let s = setup().await;
@@ -298,42 +290,36 @@ async fn two_revocations_in_a_row_are_both_healed() {
     );
 }
 
+/// The loop guard on its own: no rejection backoff to hide behind. On the real clock, each
+/// request under [`support::within`], so a guard that loops fails in seconds.
 #[tokio::test]
 async fn with_the_rejection_limit_off_an_api_that_rejects_everything_never_loops() {
     let fake = FakeDocplanner::builder().start().await.unwrap();
-    let cache = fake
-        .cache_builder()
-        .unwrap()
-        .rejection_backoff(Duration::ZERO, Duration::ZERO)
-        .build();
+    let cache = support::without_rejection_limit(&fake);
     let middleware = BearerAuthMiddleware::new(cache.clone(), &fake.api_base()).unwrap();
     let client = client_with(&fake, middleware);
     let url = format!("{}/facilities", fake.api_base());
-    assert_eq!(
-        client.get(&url).send().await.unwrap().status(),
-        StatusCode::OK
-    );
+    let send = || within("an answer (a loop never answers)", client.get(&url).send());
+    assert_eq!(send().await.unwrap().status(), StatusCode::OK);
     fake.set_api_always_401(true);
     for _ in 0..20 {
-        let response = client.get(&url).send().await.unwrap();
+        let response = send().await.unwrap();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert!(matches!(
             response.extensions().get::<Unauthorized>(),
             Some(Unauthorized::RejectedAfterReplay)
         ));
+        // The replay's 401 started a refresh in the background: let it land, so that each
+        // request meets the same state and the counts are exact.
+        wait_until_fresh(&cache).await;
     }
-    // The last replay's 401 started one more refresh in the background: let it land.
-    wait_until_fresh(&cache).await;
     let stats = fake.stats();
-    assert_eq!(
-        stats.api_forced_401,
-        20 * 2,
-        "exactly one replay per request"
-    );
-    assert_eq!(cache.stats().replays, 20);
-    // The first token, the first request's forced refresh, then one per replay's 401
-    // (each is the token the next request's replay waits for): one per request.
-    assert_eq!(stats.token_requests, 1 + 1 + 20, "{stats:?}");
+    // Exactly, as the server saw them: each request sent once and replayed once; two
+    // forced refreshes per request (the first 401's, the replay's), never more.
+    assert_eq!(stats.api_requests, 1 + 20 * 2, "{stats:?}");
+    assert_eq!(stats.api_forced_401, 20 * 2, "{stats:?}");
+    assert_eq!(stats.token_requests, 1 + 20 * 2, "{stats:?}");
+    assert_eq!(stats.tokens_issued, 1 + 20 * 2, "{stats:?}");
 }
 
 #[tokio::test]

@@ -17,6 +17,8 @@ use http_body_util::{BodyExt, Full};
 use tokio_test::{assert_pending, assert_ready_ok};
 use tower_test::mock;
 
+mod support;
+
 const API: &str = "https://www.doctoralia.es/api/v3/integration";
 
 /// Tokens `t1`, `t2`, … and the number handed out; `t1` is cached already, so that `call`
@@ -60,10 +62,31 @@ impl Drop for Tracked {
 
 type Sent = Request<ReplayBody<Full<Bytes>>>;
 
+/// The next request the inner mock receives, or a failure after [`support::PEER_WAIT`]
+/// (a layer that never sends must fail the test, not hang it).
+async fn next(
+    handle: &mut mock::Handle<Sent, Response<Tracked>>,
+) -> (Sent, mock::SendResponse<Response<Tracked>>) {
+    support::within("the inner service's next request", handle.next_request())
+        .await
+        .expect("the service is still alive")
+}
+
 fn get() -> Request<Full<Bytes>> {
     Request::get(format!("{API}/facilities"))
         .body(Full::default())
         .unwrap()
+}
+
+/// Answer `200` to the inner request, and check the layer hands it back (within
+/// [`support::PEER_WAIT`]).
+async fn answer_ok<F>(send: mock::SendResponse<Response<Tracked>>, response: F)
+where
+    F: std::future::Future<Output = Result<Response<Tracked>, BoxError>>,
+{
+    send.send_response(respond(StatusCode::OK, &Arc::new(AtomicBool::new(false))));
+    let response = support::within("the response", response).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }
 
 fn respond(status: StatusCode, dropped: &Arc<AtomicBool>) -> Response<Tracked> {
@@ -84,11 +107,10 @@ async fn backpressure_passes_through_and_the_ready_service_is_called() {
     assert_ready_ok!(service.poll_ready());
     // tower-test panics if `call` reaches a clone that was not polled ready.
     let response = service.call(get());
-    let (request, send) = handle.next_request().await.unwrap();
+    let (request, send) = next(&mut handle).await;
     assert_eq!(request.headers()["authorization"], "Bearer t1");
     assert!(request.headers()["authorization"].is_sensitive());
-    send.send_response(respond(StatusCode::OK, &Arc::new(AtomicBool::new(false))));
-    assert_eq!(response.await.unwrap().status(), StatusCode::OK);
+    answer_ok(send, response).await;
 }
 
 #[tokio::test]
@@ -101,7 +123,7 @@ async fn the_replay_polls_ready_again_and_the_401_is_dropped_first() {
     assert_ready_ok!(service.poll_ready());
     let mut response = tokio_test::task::spawn(service.call(get()));
     assert_pending!(response.poll());
-    let (first, send) = handle.next_request().await.unwrap();
+    let (first, send) = next(&mut handle).await;
     assert_eq!(first.headers()["authorization"], "Bearer t1");
     let rejected = Arc::new(AtomicBool::new(false));
     send.send_response(respond(StatusCode::UNAUTHORIZED, &rejected));
@@ -123,11 +145,10 @@ async fn the_replay_polls_ready_again_and_the_401_is_dropped_first() {
 
     handle.allow(1);
     assert_pending!(response.poll());
-    let (second, send) = handle.next_request().await.unwrap();
+    let (second, send) = next(&mut handle).await;
     assert_eq!(second.headers()["authorization"], "Bearer t2");
     assert_eq!(second.uri(), first.uri());
-    send.send_response(respond(StatusCode::OK, &Arc::new(AtomicBool::new(false))));
-    assert_eq!(response.await.unwrap().status(), StatusCode::OK);
+    answer_ok(send, response).await;
 }
 
 #[tokio::test]
@@ -144,18 +165,24 @@ async fn the_replayed_request_keeps_method_uri_headers_and_body() {
     .body(Full::new(Bytes::from_static(b"{\"duration\":30}")))
     .unwrap();
     let response = tokio::spawn(service.call(request));
-    let (first, send) = handle.next_request().await.unwrap();
+    let (first, send) = next(&mut handle).await;
     // The inner service reads the body before answering, as an HTTP client does.
-    let first_body = first.into_body().collect().await.unwrap().to_bytes();
+    let first_body = support::within("the first body", first.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
     send.send_response(respond(
         StatusCode::UNAUTHORIZED,
         &Arc::new(AtomicBool::new(false)),
     ));
-    let (second, send) = handle.next_request().await.unwrap();
+    let (second, send) = next(&mut handle).await;
     assert_eq!(second.method(), http::Method::POST);
     assert_eq!(second.headers()["x-request-id"], "abc");
     assert_eq!(second.headers()["authorization"], "Bearer t2");
-    let second_body = second.into_body().collect().await.unwrap().to_bytes();
+    let second_body = support::within("the replayed body", second.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
     assert_eq!(first_body, second_body);
     assert_eq!(&second_body[..], b"{\"duration\":30}");
     send.send_response(respond(
@@ -163,7 +190,11 @@ async fn the_replayed_request_keeps_method_uri_headers_and_body() {
         &Arc::new(AtomicBool::new(false)),
     ));
     assert_eq!(
-        response.await.unwrap().unwrap().status(),
+        support::within("the response", response)
+            .await
+            .unwrap()
+            .unwrap()
+            .status(),
         StatusCode::CREATED
     );
 }
@@ -185,13 +216,16 @@ async fn inner_errors_pass_through_unchanged() {
     handle.allow(1);
     assert_ready_ok!(service.poll_ready());
     let response = service.call(get());
-    let (_, send) = handle.next_request().await.unwrap();
+    let (_, send) = next(&mut handle).await;
     send.send_error(InnerError);
-    let error = response.await.unwrap_err();
+    let error = support::within("the inner error", response)
+        .await
+        .unwrap_err();
     assert!(error.downcast_ref::<InnerError>().is_some(), "{error}");
 
     handle.send_error(InnerError);
-    let error = std::future::poll_fn(|_| service.poll_ready())
+    let ready = std::future::poll_fn(|_| service.poll_ready());
+    let error = support::within("poll_ready's error", ready)
         .await
         .unwrap_err();
     assert!(error.downcast_ref::<InnerError>().is_some(), "{error}");
@@ -223,14 +257,13 @@ async fn an_unreplayable_401_does_not_wait_for_a_new_token() {
     .body(Full::new(Bytes::from_static(b"{\"duration\":30}")))
     .unwrap();
     let response = tokio::spawn(service.call(request));
-    let (unread, send) = handle.next_request().await.unwrap();
+    let (unread, send) = next(&mut handle).await;
     send.send_response(respond(
         StatusCode::UNAUTHORIZED,
         &Arc::new(AtomicBool::new(false)),
     ));
-    let response = tokio::time::timeout(Duration::from_secs(5), response)
+    let response = support::within("the 401, without waiting for a token", response)
         .await
-        .expect("the 401 came back without waiting for a token")
         .unwrap()
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);

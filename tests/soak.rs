@@ -9,15 +9,49 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use docplanner_auth::testing::TokenFault;
-use http::StatusCode;
+use bytes::Bytes;
+use docplanner_auth::testing::{FakeBody, TokenFault};
+use docplanner_auth::{BoxError, ReplayBody};
+use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use support::{booking_json, in_process};
 use tokio::time::{sleep, Instant};
+use tower::{Layer, ServiceExt};
+
+/// How many times the layer sent each request (by its `x-request-id`), as the service
+/// under the layer saw them: the evidence for "one send + at most one replay" comes from
+/// the peer, not from the cache's own counters.
+type Sends = Arc<Mutex<HashMap<String, u32>>>;
+
+/// One request through the layer over the fake, its sends recorded in `sends`.
+async fn send(
+    s: &support::Setup,
+    sends: &Sends,
+    request: Request<Full<Bytes>>,
+) -> Result<Response<FakeBody>, BoxError> {
+    let sends = Arc::clone(sends);
+    let inner = s
+        .fake
+        .service()
+        .map_request(move |request: Request<ReplayBody<Full<Bytes>>>| {
+            let id = request.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            *sends.lock().unwrap().entry(id).or_default() += 1;
+            request
+        });
+    s.fake
+        .layer(s.cache.clone())?
+        .layer(inner)
+        .oneshot(request)
+        .await
+}
 
 const WORKERS: u64 = 16;
 const PER_WORKER: u64 = 6_250;
@@ -30,18 +64,24 @@ async fn soak_100k_requests_over_20_lifetimes_with_revocations() {
     let ok = Arc::new(AtomicU64::new(0));
     let rejected = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    let sends = Sends::default();
 
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| {
             let (s, ok, rejected) = (Arc::clone(&s), Arc::clone(&ok), Arc::clone(&rejected));
+            let sends = Arc::clone(&sends);
             tokio::spawn(async move {
                 let mut rng = fastrand::Rng::with_seed(w);
                 for i in 0..PER_WORKER {
-                    let response = if i % 4 == 0 {
-                        s.book(Full::new(booking_json())).await
+                    let request = if i % 4 == 0 {
+                        Request::post(s.booking()).body(Full::new(booking_json()))
                     } else {
-                        s.get().await
+                        Request::get(s.facilities()).body(Full::default())
                     };
+                    let mut request = request.unwrap();
+                    let id = format!("{w}-{i}").parse().unwrap();
+                    request.headers_mut().insert("x-request-id", id);
+                    let response = send(&s, &sends, request).await;
                     match response.unwrap().status() {
                         StatusCode::OK | StatusCode::CREATED => ok.fetch_add(1, Ordering::Relaxed),
                         StatusCode::UNAUTHORIZED => rejected.fetch_add(1, Ordering::Relaxed),
@@ -131,11 +171,19 @@ async fn soak_100k_requests_over_20_lifetimes_with_revocations() {
         WORKERS * PER_WORKER,
         "exactly one final answer each"
     );
+    // One send + at most one replay, for each request, as the service under the layer saw
+    // them; and the fake saw every send the layer made.
+    let sends = sends.lock().unwrap();
     assert_eq!(
-        fake.api_requests,
-        WORKERS * PER_WORKER + cache.replays,
-        "one send + at most one replay"
+        sends.len() as u64,
+        WORKERS * PER_WORKER,
+        "every request sent"
     );
+    let most = sends.values().copied().max().unwrap();
+    assert!((1..=2).contains(&most), "a request sent {most} times");
+    let replayed = sends.values().filter(|&&n| n == 2).count() as u64;
+    assert_eq!(fake.api_requests, WORKERS * PER_WORKER + replayed);
+    assert!(replayed > 0, "revocations made requests replay");
     assert_eq!(fake.api_expired_token, 0, "never an expired token");
     assert_eq!(fake.api_no_token, 0, "never without a token");
     assert_eq!(fake.api_unknown_token, 0);

@@ -557,3 +557,89 @@ where
         std::future::ready(Ok(Response::new(())))
     }
 }
+
+/// A target's verdict, computed from every one of its conditions: `met` only when each
+/// condition was measured in this run and holds; `MISSED` otherwise, naming each condition
+/// that failed or whose data is missing. Printed as one `verdict:` line that BENCHMARKS.md
+/// quotes.
+#[derive(Debug)]
+pub struct Verdict {
+    target: String,
+    conditions: Vec<(String, Option<bool>)>,
+}
+
+impl Verdict {
+    /// A verdict on `target` (as BENCHMARKS.md names it), with no condition yet.
+    pub fn new(target: impl Into<String>) -> Self {
+        Self {
+            target: target.into(),
+            conditions: Vec::new(),
+        }
+    }
+
+    /// One condition: `holds` is `None` when its data is missing from this run.
+    pub fn check(mut self, condition: impl Into<String>, holds: Option<bool>) -> Self {
+        self.conditions.push((condition.into(), holds));
+        self
+    }
+
+    /// `value <= limit`, both measured in this run (`None`: missing), printed with figures.
+    pub fn at_most(self, what: &str, value: Option<f64>, limit: Option<f64>) -> Self {
+        let text = format!("{what}: {} <= {}", figure(value), figure(limit));
+        let holds = value.zip(limit).map(|(v, l)| v <= l);
+        self.check(text, holds)
+    }
+
+    /// `value < limit`, both measured in this run (`None`: missing), printed with figures.
+    pub fn less_than(self, what: &str, value: Option<f64>, limit: Option<f64>) -> Self {
+        let text = format!("{what}: {} < {}", figure(value), figure(limit));
+        let holds = value.zip(limit).map(|(v, l)| v < l);
+        self.check(text, holds)
+    }
+
+    /// `value >= floor`, both measured in this run (`None`: missing), printed with figures.
+    pub fn at_least(self, what: &str, value: Option<f64>, floor: Option<f64>) -> Self {
+        let text = format!("{what}: {} >= {}", figure(value), figure(floor));
+        let holds = value.zip(floor).map(|(v, f)| v >= f);
+        self.check(text, holds)
+    }
+
+    /// Met: there is at least one condition, and every one was measured and holds.
+    pub fn met(&self) -> bool {
+        !self.conditions.is_empty()
+            && self
+                .conditions
+                .iter()
+                .all(|(_, holds)| *holds == Some(true))
+    }
+
+    /// The `verdict:` line: `met`, or `MISSED` with the failing and missing conditions.
+    pub fn line(&self) -> String {
+        let all = |(text, _): &(String, Option<bool>)| text.clone();
+        if self.met() {
+            let conditions: Vec<String> = self.conditions.iter().map(all).collect();
+            return format!("verdict: {}: met ({})", self.target, conditions.join("; "));
+        }
+        let mut why: Vec<String> = Vec::new();
+        if self.conditions.is_empty() {
+            why.push("no data".to_owned());
+        }
+        for (text, holds) in &self.conditions {
+            match holds {
+                Some(true) => {}
+                Some(false) => why.push(format!("FAILED {text}")),
+                None => why.push(format!("NO DATA {text}")),
+            }
+        }
+        format!("verdict: {}: MISSED ({})", self.target, why.join("; "))
+    }
+
+    /// Print [`Verdict::line`].
+    pub fn print(&self) {
+        println!("{}", self.line());
+    }
+}
+
+fn figure(value: Option<f64>) -> String {
+    value.map_or_else(|| "missing".to_owned(), |v| format!("{v:.3}"))
+}

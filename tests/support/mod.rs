@@ -257,3 +257,35 @@ pub fn tls_acceptor() -> (
         der,
     )
 }
+
+/// How long a test waits on a peer (a mock, a server, a spawned task) before it fails: a
+/// broken layer that never sends, never answers or loops fails in seconds, not by hanging.
+pub const PEER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `future`, or a panic naming `what` after [`PEER_WAIT`] (on a paused clock, as soon as
+/// the runtime has nothing else to do).
+pub async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
+    match tokio::time::timeout(PEER_WAIT, future).await {
+        Ok(output) => output,
+        Err(_) => panic!("{what}: nothing after {PEER_WAIT:?}"),
+    }
+}
+
+/// Wait (at most [`PEER_WAIT`]) until `cache` holds a fresh token: the refresh a 401
+/// started in the background has landed.
+pub async fn wait_until_fresh(cache: &TokenCache) {
+    within("a fresh token", async {
+        while cache.status().state != docplanner_auth::cache::TokenState::Fresh {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+/// A cache for `fake` with the rejection backoff off: the 401 loop guard on its own.
+pub fn without_rejection_limit(fake: &FakeDocplanner) -> TokenCache {
+    fake.cache_builder()
+        .unwrap()
+        .rejection_backoff(std::time::Duration::ZERO, std::time::Duration::ZERO)
+        .build()
+}
