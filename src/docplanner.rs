@@ -229,12 +229,7 @@ impl Credentials {
 
     /// As [`from_env`](Self::from_env), with the variables looked up by `lookup`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
-        let get = |name: &str, what: &str| {
-            lookup(name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| Error::config(format!("{name} is not set: set it to {what}")))
-        };
+        let get = |name: &str, what: &str| required(&lookup, name, what);
         let domain_name = get(
             ENV_DOMAIN,
             "a Docplanner domain (doctoralia.es) or a country code (es)",
@@ -335,6 +330,19 @@ impl Credentials {
             .docplanner()
             .build(client)
     }
+}
+
+/// The variable `name`, trimmed, from `lookup`; missing or empty is a config error that
+/// names it and says what to set it to (`what`).
+fn required(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    what: &str,
+) -> Result<String, Error> {
+    lookup(name)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Error::config(format!("{name} is not set: set it to {what}")))
 }
 
 impl fmt::Debug for Credentials {

@@ -47,12 +47,7 @@ impl Markets {
 
     /// As [`from_env`](Self::from_env), with the variables looked up by `lookup`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
-        let get = |name: &str, what: &str| {
-            lookup(name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| Error::config(format!("{name} is not set: set it to {what}")))
-        };
+        let get = |name: &str, what: &str| super::required(&lookup, name, what);
         let list = get(
             ENV_MARKETS,
             "the markets to serve, as country codes or domains separated by commas (es,pl,it)",
