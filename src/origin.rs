@@ -301,7 +301,9 @@ pub(crate) fn check_host_header(
     Err(Error::new(
         Kind::HostNotAllowed,
         format!(
-            "refused to attach the token to a request for {authority} whose Host header names              another host: remove the Host header (the client writes it from the URL) or              send the request to that host's URL"
+            "refused to attach the token to a request for {authority} whose Host header names \
+            another host: remove the Host header (the client writes it from the URL) or \
+            send the request to that host's URL"
         ),
     ))
 }

@@ -84,6 +84,10 @@ async fn a_host_header_naming_another_host_is_refused() {
         let error = error_of(s.client.clone().oneshot(request).await);
         assert!(error.is_host_not_allowed(), "{host}: {error}");
         assert!(!error.to_string().contains("evil"), "never echoed: {error}");
+        assert!(
+            !error.to_string().contains("  "),
+            "one space between words: {error}"
+        );
     }
     let fake = s.fake.stats();
     assert_eq!((fake.api_requests, fake.token_requests), (0, 0));

@@ -442,7 +442,8 @@ impl ClientCredentialsBuilder {
         });
         if self.client_id.is_empty() || self.client_id.chars().any(char::is_control) {
             return Err(Error::config(format!(
-                "the client id must be non-empty, without control characters: give the id                  {provider} issued"
+                "the client id must be non-empty, without control characters: give the id \
+                {provider} issued"
             )));
         }
         if auth == ClientAuth::BasicAsGiven && self.client_id.contains(':') {
@@ -651,7 +652,12 @@ mod tests {
                 .map(|_| ())
         };
         assert!(b(DOCPLANNER, "id", "secret").is_ok());
-        assert!(b(DOCPLANNER, "", "secret").unwrap_err().is_config());
+        let empty = b(DOCPLANNER, "", "secret").unwrap_err();
+        assert!(empty.is_config());
+        assert!(
+            !empty.to_string().contains("  "),
+            "one space between words: {empty}"
+        );
         assert!(b(DOCPLANNER, "a\nb", "secret").unwrap_err().is_config());
         // Docplanner's Basic credentials go as given: a `:` cannot; RFC Basic encodes it.
         assert!(b(DOCPLANNER, "a:b", "secret").unwrap_err().is_config());
