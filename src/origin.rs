@@ -199,7 +199,12 @@ impl Scope {
 
     /// Whether this scope and `other` share an origin.
     pub(crate) fn overlaps(&self, other: &Scope) -> bool {
-        self.origins.iter().any(|o| other.origins.contains(o))
+        self.origins.iter().any(|o| other.has(o))
+    }
+
+    /// Whether `origin` is one of this scope's.
+    pub(crate) fn has(&self, origin: &Origin) -> bool {
+        self.origins.contains(origin)
     }
 
     /// May a token be attached to a request for `uri`? No allocation on success, and no

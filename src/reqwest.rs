@@ -155,8 +155,7 @@ impl BearerAuthMiddleware {
     /// Also authenticate requests to the origin (scheme, host, port) of `api_base` (with the
     /// default set, for a [`routed`](Self::routed) middleware).
     pub fn allow_api_base(mut self, api_base: &str) -> Result<Self, Error> {
-        let origin = Origin::parse_config("API base", api_base)?;
-        self.router.default_set_mut().scope_mut().add(origin);
+        self.router.allow_api_base(api_base)?;
         Ok(self)
     }
 

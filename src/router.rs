@@ -342,10 +342,28 @@ impl Router {
         }
     }
 
-    /// The default set, to change: only before the router is shared (single-set
-    /// constructors' `allow_*` methods).
+    /// The default set, to change: only before the router is shared (the adapters'
+    /// `allow_http_loopback`).
     pub(crate) fn default_set_mut(&mut self) -> &mut Set {
         &mut Arc::make_mut(&mut self.shared).sets[0]
+    }
+
+    /// Add the origin of `api_base` to the default set (the adapters' `allow_api_base`).
+    /// Refused when another set owns it: each origin belongs to one set, as
+    /// [`build`](RouterBuilder::build) checks.
+    pub(crate) fn allow_api_base(&mut self, api_base: &str) -> Result<(), Error> {
+        let origin = Origin::parse_config("API base", api_base)?;
+        let shared = Arc::make_mut(&mut self.shared);
+        if let Some(owner) = shared.sets[1..].iter().find(|s| s.scope.has(&origin)) {
+            return Err(Error::config(format!(
+                "the API origin {origin:?} belongs to the credential set `{}`: each origin \
+                 belongs to one set (add it to that set, not to the default one)",
+                owner.name()
+            )));
+        }
+        shared.sets[0].scope.add(origin);
+        shared.by_authority = authority_table(&shared.sets);
+        Ok(())
     }
 
     /// Choose the set for a request, check that its token may go with it, or say that it
@@ -543,21 +561,26 @@ impl RouterBuilder {
                 }
             }
         }
-        let mut by_authority = HashMap::default();
-        for (index, set) in self.sets.iter().enumerate() {
-            for authority in set.scope.https_authorities() {
-                by_authority.insert(authority.into(), index);
-            }
-        }
         Ok(Router {
             shared: Arc::new(Shared {
-                by_authority,
+                by_authority: authority_table(&self.sets),
                 sets: self.sets,
                 pass_through: self.pass_through,
                 tenants: self.tenants.map(Arc::new),
             }),
         })
     }
+}
+
+/// The router's fast path: each set's `https` authorities → the set's index.
+fn authority_table(sets: &[Set]) -> HashMap<Box<str>, usize, BuildHasherDefault<HostHash>> {
+    let mut table = HashMap::default();
+    for (index, set) in sets.iter().enumerate() {
+        for authority in set.scope.https_authorities() {
+            table.insert(authority.into(), index);
+        }
+    }
+    table
 }
 
 impl fmt::Debug for Router {

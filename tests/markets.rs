@@ -460,6 +460,49 @@ fn sets_with_the_same_name_or_origin_are_refused() {
     );
 }
 
+/// The layer's `allow_api_base` adds an origin to the default set after the router is
+/// built: another set's origin is refused (it would carry the default set's token to that
+/// set's host for a request naming the default set), a new one is routed to the default set.
+#[tokio::test(start_paused = true)]
+async fn allow_api_base_on_a_routed_layer_keeps_each_origin_in_one_set() {
+    let markets: Vec<Market> = (0..3).map(Market::new).collect();
+    let layer = BearerAuthLayer::routed(router(&markets).build().unwrap());
+    let error = layer
+        .clone()
+        .allow_api_base(&markets[2].api_base)
+        .unwrap_err();
+    assert!(
+        error.is_config() && error.to_string().contains("`m2`"),
+        "{error}"
+    );
+
+    let layer = layer
+        .allow_api_base("https://files.market0.test:8443")
+        .unwrap();
+    let seen = Seen::default();
+    let client = layer.layer(api(seen.clone(), Arc::default()));
+    for url in [
+        "https://files.market0.test:8443/upload",
+        "https://www.market2.test/api/v3/integration/x",
+    ] {
+        let response = send(client.clone(), get(url)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{url}");
+    }
+    let named_m0 = for_tenant("https://www.market2.test/api/v3/integration/x", "m0");
+    let error = send(client.clone(), named_m0).await.unwrap_err();
+    assert!(error.to_string().contains("refused"), "{error}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen.iter()
+            .map(|(host, auth)| (host.as_str(), auth.as_deref()))
+            .collect::<Vec<_>>(),
+        [
+            ("files.market0.test", Some("Bearer m0-1")),
+            ("www.market2.test", Some("Bearer m2-1")),
+        ]
+    );
+}
+
 /// tower-http's `FollowRedirectLayer` outside the routed layer: every hop goes through the
 /// router again, so a redirect from market 0's host to market 1's carries market 1's
 /// token (its own host), never market 0's, even when the first request named market 0.

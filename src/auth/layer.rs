@@ -67,12 +67,9 @@ impl BearerAuthLayer {
     /// Also authenticate requests to the origin (scheme, host, port) of `api_base` (with the
     /// default set, for a [`routed`](Self::routed) layer).
     pub fn allow_api_base(mut self, api_base: &str) -> Result<Self, Error> {
-        let origin = Origin::parse_config("API base", api_base)?;
         Arc::make_mut(&mut self.config)
             .router
-            .default_set_mut()
-            .scope_mut()
-            .add(origin);
+            .allow_api_base(api_base)?;
         Ok(self)
     }
 
