@@ -327,12 +327,19 @@ impl std::error::Error for Error {
 /// replaced by value, whatever it looks like; then, as a second net for a token we cannot
 /// know of, any word that looks like a credential (16 or more token characters mixing
 /// letters and digits).
+///
+/// A text that still carries a secret in another encoding (percent-escapes of any case, `+` for a
+/// space, HTML entities, backslash escapes, another letter case, or several of them at
+/// once) cannot be cut around it: it is withheld whole, as one `[redacted]`.
 pub(crate) fn scrub(text: &str, max: usize, secrets: &[&str]) -> String {
     let flat: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     let flat = redact(&flat, secrets);
+    if echoes_re_encoded(&flat, secrets) {
+        return "[redacted]".to_owned();
+    }
     let words: Vec<String> = flat
         .split(' ')
         .map(|word| {
@@ -377,6 +384,98 @@ fn redact(text: &str, secrets: &[&str]) -> String {
     out
 }
 
+/// Secrets shorter than this (after [`fold`]) are only redacted as written: folded, a
+/// short one would withhold ordinary words.
+const MIN_FOLDED_SECRET: usize = 8;
+
+/// Whether `text`, decoded and case-folded, contains a secret, decoded and case-folded
+/// the same way.
+fn echoes_re_encoded(text: &str, secrets: &[&str]) -> bool {
+    let mut folded_text = None;
+    secrets.iter().any(|secret| {
+        let secret = fold(secret);
+        secret.chars().count() >= MIN_FOLDED_SECRET
+            && folded_text
+                .get_or_insert_with(|| fold(text))
+                .contains(&secret)
+    })
+}
+
+/// One spelling for the ways a server may re-encode a value before echoing it: escapes
+/// decoded (three rounds, for an escaped escape), `+` read as a space, lower case.
+fn fold(text: &str) -> String {
+    let mut folded = text.to_owned();
+    for _ in 0..3 {
+        let decoded = decode_escapes(&folded);
+        if decoded == folded {
+            break;
+        }
+        folded = decoded;
+    }
+    folded.replace('+', " ").to_lowercase()
+}
+
+/// One round of decoding: `%hh`, `\xhh`, `\uhhhh`, `\` before any other character, and
+/// the HTML entities `&#nn;`, `&#xhh;`, `&amp;`, `&lt;`, `&gt;`, `&quot;`, `&apos;`.
+/// Bytes that are not UTF-8 once decoded are replaced, never a panic.
+fn decode_escapes(text: &str) -> String {
+    fn hex(digits: &[u8]) -> Option<u32> {
+        let digits = std::str::from_utf8(digits).ok()?;
+        u32::from_str_radix(digits, 16).ok()
+    }
+    fn push_char(out: &mut Vec<u8>, code: u32) {
+        let c = char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER);
+        out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let rest = &bytes[i..];
+        let escape = match rest {
+            [b'%', a, b, ..] => hex(&[*a, *b]).map(|v| (vec![v as u8], 3)),
+            [b'\\', b'x', a, b, ..] => hex(&[*a, *b]).map(|v| (vec![v as u8], 4)),
+            [b'\\', b'u', a, b, c, d, ..] => hex(&[*a, *b, *c, *d]).map(|v| {
+                let mut decoded = Vec::new();
+                push_char(&mut decoded, v);
+                (decoded, 6)
+            }),
+            [b'\\', next, ..] if next.is_ascii() => Some((vec![*next], 2)),
+            [b'&', ..] => {
+                let end = rest.iter().take(10).position(|&b| b == b';');
+                end.and_then(|end| {
+                    let name = &rest[1..end];
+                    let code = match name {
+                        b"amp" => Some(u32::from(b'&')),
+                        b"lt" => Some(u32::from(b'<')),
+                        b"gt" => Some(u32::from(b'>')),
+                        b"quot" => Some(u32::from(b'"')),
+                        b"apos" => Some(u32::from(b'\'')),
+                        [b'#', b'x' | b'X', digits @ ..] => hex(digits),
+                        [b'#', digits @ ..] => std::str::from_utf8(digits).ok()?.parse().ok(),
+                        _ => None,
+                    }?;
+                    let mut decoded = Vec::new();
+                    push_char(&mut decoded, code);
+                    Some((decoded, end + 1))
+                })
+            }
+            _ => None,
+        };
+        match escape {
+            Some((decoded, len)) => {
+                out.extend_from_slice(&decoded);
+                i += len;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn looks_like_credential(word: &str) -> bool {
     let core = word.trim_matches(|c: char| !c.is_ascii_alphanumeric());
     let token_char = |c: char| c.is_ascii_alphanumeric() || "-._~+/=".contains(c);
@@ -410,6 +509,52 @@ mod tests {
 
         let e = Error::new(Kind::InsecureScheme, "x");
         assert!(e.is_insecure_scheme() && !e.is_token_endpoint() && !e.is_permanent());
+    }
+
+    /// A server that re-encodes the secret before echoing it: every form is withheld, in
+    /// every position, and an ordinary description still shows.
+    #[test]
+    fn a_re_encoded_secret_is_withheld() {
+        let secret = "Xy9 p@ss/w&rd+Zé";
+        let echoes = [
+            "Xy9%20p%40ss%2Fw%26rd%2BZ%C3%A9",
+            "xy9%20p%40ss%2fw%26rd%2bz%c3%a9",
+            "Xy9+p%40ss%2Fw%26rd%2BZé",
+            "Xy9%2520p%2540ss%252Fw%2526rd%252BZ%25C3%25A9",
+            "Xy9 p&#64;ss&#x2F;w&amp;rd+Z&#xE9;",
+            "Xy9 p@ss/w&amp;rd&#43;Z&#233;",
+            "Xy9 p\\u0040ss\\/w\\u0026rd+Z\\u00e9",
+            "Xy9 p\\x40ss/w\\x26rd+Zé",
+            "XY9 P@SS/W&RD+ZÉ",
+            "xy9 p@ss/w&rd zé",
+        ];
+        for echo in echoes {
+            for text in [echo.to_owned(), format!("client secret {echo} is wrong")] {
+                let shown = scrub(&text, 200, &[secret]);
+                assert_eq!(shown, "[redacted]", "{text:?}");
+            }
+        }
+        // Withheld only when the whole secret is there; short secrets are not folded.
+        let ordinary = "The client credentials are invalid";
+        assert_eq!(scrub(ordinary, 200, &[secret]), ordinary);
+        assert_eq!(
+            scrub("Xy9 p@ss and more", 200, &[secret]),
+            "Xy9 p@ss and more"
+        );
+        assert_eq!(scrub("INVALID", 200, &["invalid"]), "INVALID");
+        // Broken escapes and bytes that are not UTF-8 once decoded: no panic.
+        for odd in [
+            "%",
+            "%zz",
+            "%ff%fe",
+            "\\u12",
+            "\\ud800",
+            "&#99999999999;",
+            "&#x;",
+            "é%",
+        ] {
+            assert_eq!(scrub(odd, 200, &[secret]), odd);
+        }
     }
 
     #[test]

@@ -353,6 +353,44 @@ async fn an_earlier_token_echoed_in_a_later_error_is_scrubbed() {
     }
 }
 
+/// A server that re-encodes the secret before echoing it (percent-escapes in lower case,
+/// `+` for a space, HTML entities, upper case): the echo never reaches an error.
+#[tokio::test]
+async fn a_secret_re_encoded_by_the_server_is_withheld() {
+    use docplanner_auth::TokenSource as _;
+    const SECRET: &str = "Open Sesame/42&go";
+    let echoes = [
+        "open%20sesame%2f42%26go",
+        "Open+Sesame%2F42%26go",
+        "Open Sesame&#47;42&amp;go",
+        "OPEN SESAME/42&GO",
+    ];
+    for echo in echoes {
+        let server = service_fn(move |_request: Request<Full<Bytes>>| {
+            let body = format!(
+                r#"{{"error":"invalid_client","error_description":"bad secret {echo} given"}}"#
+            );
+            let response = Response::builder()
+                .status(400)
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            async move { Ok::<_, BoxError>(response) }
+        });
+        let credentials =
+            ClientCredentials::builder("https://www.doctoralia.es/oauth/v2/token", "id", SECRET)
+                .build(server)
+                .unwrap();
+        let error = credentials.fetch().await.unwrap_err();
+        let typed = error.downcast_ref::<docplanner_auth::Error>().unwrap();
+        assert!(typed.is_credentials(), "{error}");
+        for shown in [error.to_string(), format!("{error:?}")] {
+            let lower = shown.to_lowercase();
+            assert!(!lower.contains("sesame"), "{echo}: {shown}");
+            assert!(shown.contains("[redacted]"), "{echo}: {shown}");
+        }
+    }
+}
+
 fn base64_of(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)
