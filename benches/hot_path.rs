@@ -192,6 +192,17 @@ fn hot_path(c: &mut Criterion) {
             median(1, rwlock).map(|ns| 1.10 * ns),
         )
         .print();
+    // Choosing among 16 host-routed sets, next to the single set: at most 25 ns more.
+    let routed = FUNCTIONS[5];
+    let mut verdict = support::Verdict::new("routing (16 host-routed sets)");
+    for threads in [1, 2] {
+        verdict = verdict.at_most(
+            &format!("{threads} thread(s): routed ns <= ours ns + 25"),
+            median(threads, routed),
+            median(threads, ours).map(|ns| ns + 25.0),
+        );
+    }
+    verdict.print();
 }
 
 criterion_group! {
