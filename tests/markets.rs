@@ -11,10 +11,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use docplanner_auth::router::{CredentialSet, Router, Set};
-use docplanner_auth::{AccessToken, BearerAuthLayer, BoxError, ReplayBody, TokenCache};
+use docplanner_auth::store::{MemoryStore, StoreKey};
+use docplanner_auth::{
+    AccessToken, BearerAuthLayer, BoxError, ReplayBody, TokenCache, TokenCacheBuilder,
+};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{service_fn, Layer, Service, ServiceExt};
+
+mod support;
 
 /// Every wait on a request is bounded: a broken build fails, never hangs.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -39,8 +44,13 @@ impl Market {
     /// The set: tokens `<name>-<n>`, each fetch taking 10 ms (of the paused clock) so that
     /// concurrent callers overlap.
     fn set(&self) -> Set {
+        Set::new(self.cache_builder().build(), &self.api_base).unwrap()
+    }
+
+    /// The cache of [`set`](Self::set), to build.
+    fn cache_builder(&self) -> TokenCacheBuilder {
         let (name, fetches) = (self.name.clone(), Arc::clone(&self.fetches));
-        let cache = TokenCache::builder(move || {
+        TokenCache::builder(move || {
             let n = fetches.fetch_add(1, Ordering::SeqCst) + 1;
             let token = format!("{name}-{n}");
             async move {
@@ -49,8 +59,6 @@ impl Market {
             }
         })
         .name(self.name.clone())
-        .build();
-        Set::new(cache, &self.api_base).unwrap()
     }
 
     fn fetches(&self) -> usize {
@@ -457,6 +465,94 @@ fn sets_with_the_same_name_or_origin_are_refused() {
     assert!(
         error.is_config() && error.to_string().contains("origin"),
         "{error}"
+    );
+}
+
+/// Two replicas, each with a router over the same two markets, share one store: each set
+/// keeps its own store key (a replica adopts the other's token per market) and its own
+/// single flight (a revocation in one market refreshes that market only), and the spans
+/// carry each set's name.
+#[tokio::test(start_paused = true)]
+async fn each_set_shares_its_own_store_key_and_names_its_spans() {
+    let (captured, _guard) = support::Captured::install(tracing::Level::DEBUG);
+    let markets: Vec<Market> = (0..2).map(Market::new).collect();
+    let store = MemoryStore::new();
+    let replica = || {
+        let mut sets = markets.iter().map(|market| {
+            let key = StoreKey::new(
+                &format!(
+                    "https://www.market{}.test/oauth/v2/token",
+                    &market.name[1..]
+                ),
+                &format!("{}-id", market.name),
+                "integration",
+            );
+            let cache = market.cache_builder().store(store.clone(), key).build();
+            Set::new(cache, &market.api_base).unwrap()
+        });
+        let router = Router::builder(sets.next().unwrap())
+            .set(sets.next().unwrap())
+            .build()
+            .unwrap();
+        BearerAuthLayer::routed(router)
+    };
+    let (a, b) = (replica(), replica());
+    let revoked: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let seen = Seen::default();
+    let a = a.layer(api(seen.clone(), revoked.clone()));
+    let b = b.layer(api(seen.clone(), revoked.clone()));
+    for client in [&a, &b] {
+        for market in &markets {
+            let response = send(client.clone(), get(&market.url())).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+    }
+    let fetches = || markets.iter().map(Market::fetches).collect::<Vec<_>>();
+    assert_eq!(fetches(), [1, 1], "replica b adopted both markets' tokens");
+
+    revoked.lock().unwrap().insert("m1-1".to_owned());
+    for client in [&b, &a] {
+        for market in &markets {
+            let response = send(client.clone(), get(&market.url())).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{}", market.name);
+        }
+    }
+    assert_eq!(
+        fetches(),
+        [1, 2],
+        "one refresh of market 1 for both replicas, none of market 0"
+    );
+    let carried: Vec<Option<String>> = seen.lock().unwrap()[4..]
+        .iter()
+        .map(|(_, auth)| auth.clone())
+        .collect();
+    assert_eq!(
+        carried.iter().map(Option::as_deref).collect::<Vec<_>>(),
+        [
+            Some("Bearer m0-1"),
+            Some("Bearer m1-1"),
+            Some("Bearer m1-2"),
+            Some("Bearer m0-1"),
+            Some("Bearer m1-1"),
+            Some("Bearer m1-2"),
+        ]
+    );
+    let text = captured.text();
+    for name in ["m0", "m1"] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains("new access token stored")
+                    && l.contains(&format!("cache={name}"))),
+            "no span or event names the set {name}:\n{text}"
+        );
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.contains("token rejected (401)") && l.contains("cache=m1"))
+            && !text
+                .lines()
+                .any(|l| l.contains("token rejected (401)") && l.contains("cache=m0")),
+        "{text}"
     );
 }
 
