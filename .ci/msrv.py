@@ -32,6 +32,7 @@ FEATURE_SETS = [
     ("redis", ["--features", "redis"], LIBRARY),
     ("reqwest", ["--features", "reqwest"], LIBRARY),
     ("test-util", ["--features", "test-util"], LIBRARY),
+    ("tower-http", ["--features", "tower-http"], LIBRARY),
     ("all-features", ["--all-features"], LIBRARY),
     # Not the library's: what `cargo test --all-features` in this repository needs.
     ("tests", ["--all-features"], "normal,build,dev"),

@@ -87,8 +87,14 @@
 //!   the next host: tower-http 0.7's default policy removes it on a cross-origin hop and
 //!   keeps it removed on the later hops (0.6 re-sent the original headers on a later hop
 //!   that was same-origin for the foreign site: upgrade), and a policy without
-//!   `FilterCredentials` (`Limited`, `Action::Follow`) sends it on the first hop. A foreign host's 401 would also make this
-//!   layer renew the token. `tests/tower_http.rs` shows each case with local servers.
+//!   `FilterCredentials` (`Limited`, `Action::Follow`) sends it on the first hop. A foreign
+//!   host's 401 would also make this layer renew the token. `tests/tower_http.rs` shows
+//!   each case with local servers. With several credential sets, or with hosts passed
+//!   through, give it the layer's own policy (feature `tower-http`,
+//!   [`BearerAuthLayer::redirect_policy`]): `FollowRedirectLayer::with_policy(layer.redirect_policy())`
+//!   follows a hop only inside one set's origins (or between hosts outside every set), so
+//!   one market's host cannot send the next hop to another market, nor a foreign host
+//!   choose an authenticated API call by redirecting into it.
 //! * **The timeout outside `BearerAuthLayer`**, so that one budget covers the logical
 //!   request: waiting for a token (cold start, expiry), the request, its replay after a
 //!   401 and every redirect hop. Inside, it bounds each HTTP attempt only, and the wait for
@@ -426,6 +432,8 @@ pub mod store;
 pub mod testing;
 mod token;
 
+#[cfg(feature = "tower-http")]
+pub use crate::auth::RedirectPolicy;
 pub use crate::auth::{BearerAuth, BearerAuthLayer, ReplayBody, ResponseFuture};
 pub use crate::cache::{CacheStats, CacheStatus, TokenCache, TokenCacheBuilder, Unauthorized};
 pub use crate::error::{BoxError, Error};

@@ -50,7 +50,12 @@ impl Origin {
             .host()
             .filter(|h| !h.is_empty())
             .ok_or_else(|| Error::config(format!("the {what} `{url}` has no host")))?;
-        let host = host.to_ascii_lowercase();
+        let host = canonical_host(host).ok_or_else(|| {
+            Error::config(format!(
+                "the {what} `{url}` ends its host with a dot: write the host without it (a \
+                 trailing dot names the same server under another spelling)"
+            ))
+        })?;
         let default_port = if https { 443 } else { 80 };
         let port = uri.port_u16().unwrap_or(default_port);
         let origin = Self {
@@ -102,6 +107,25 @@ impl fmt::Debug for Origin {
         let scheme = if self.https { "https" } else { "http" };
         write!(f, "{scheme}://{}:{}", self.host, self.port)
     }
+}
+
+/// A configured host in the one spelling requests are compared with: lower case, an IP
+/// literal as `Ipv4Addr`/`Ipv6Addr` print it (an IPv4-mapped IPv6 address as its IPv4
+/// address), so that two spellings of one server are one origin. `None` for a trailing
+/// dot (`example.com.` is `example.com` to DNS): refused rather than guessed.
+fn canonical_host(host: &str) -> Option<String> {
+    if host.ends_with('.') {
+        return None;
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    Some(match bare.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => format!("[{v6}]"),
+        },
+        Ok(IpAddr::V4(v4)) => v4.to_string(),
+        Err(_) => host.to_ascii_lowercase(),
+    })
 }
 
 /// `localhost`, `127.0.0.0/8` or `::1`.
@@ -190,8 +214,10 @@ impl Scope {
         })
     }
 
-    /// Whether one of this scope's origins is on `host` (whatever the scheme and port).
+    /// Whether one of this scope's origins is on `host` (whatever the scheme and port, and
+    /// with or without a trailing dot).
     pub(crate) fn has_host(&self, host: &str) -> bool {
+        let host = host.strip_suffix('.').unwrap_or(host);
         self.origins
             .iter()
             .any(|o| o.host().eq_ignore_ascii_case(host))
@@ -372,6 +398,38 @@ mod tests {
         assert!(Origin::parse_config("x", "not a url")
             .unwrap_err()
             .is_config());
+    }
+
+    /// Two spellings of one server are one origin (so "each origin belongs to one set"
+    /// holds); a trailing dot is refused, not guessed.
+    #[test]
+    fn config_origins_have_one_spelling() {
+        let origin = |url: &str| Origin::parse_config("x", url).unwrap();
+        assert_eq!(
+            origin("https://[::1]"),
+            origin("https://[0:0:0:0:0:0:0:1]:443")
+        );
+        assert_eq!(
+            origin("https://127.0.0.1:8443"),
+            origin("https://[::ffff:127.0.0.1]:8443")
+        );
+        assert_eq!(origin("https://[::FFFF:7f00:1]").host(), "127.0.0.1");
+        assert_eq!(origin("https://[2001:DB8::0:1]").host(), "[2001:db8::1]");
+        assert!(origin("https://[2001:db8::1]:8443").matches("[2001:db8::1]:8443", true));
+        for url in [
+            "https://www.znanylekarz.pl.",
+            "https://www.znanylekarz.pl.:443/api",
+        ] {
+            let error = Origin::parse_config("API base", url).unwrap_err();
+            assert!(
+                error.is_config() && error.to_string().contains("dot"),
+                "{error}"
+            );
+        }
+        let mut scope = Scope::new(origin("https://www.znanylekarz.pl"));
+        assert!(scope.has_host("WWW.znanylekarz.pl.") && !scope.has_host("znanylekarz.pl"));
+        scope.add(origin("https://[::1]:8443"));
+        assert!(scope.has(&origin("https://[0::1]:8443")));
     }
 
     #[test]

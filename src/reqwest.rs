@@ -100,7 +100,7 @@ use crate::auth::BearerAuthLayer;
 use crate::cache::{TokenCache, Unauthorized};
 use crate::error::Error;
 use crate::origin::{check_host_header, Origin, Scope};
-use crate::router::{Router, Set, Target};
+use crate::router::{follows_redirect, Router, Set, Target};
 
 /// The most redirects [`redirect_policy`] follows inside the API origins: 10, reqwest's
 /// own default.
@@ -185,13 +185,7 @@ impl BearerAuthMiddleware {
     /// Tenant sets (built at run time) are not known to the policy: their redirects stop
     /// at the first hop.
     pub fn redirect_policy(&self) -> Policy {
-        policy(
-            self.router
-                .sets()
-                .iter()
-                .map(|set| set.scope().clone())
-                .collect(),
-        )
+        policy(self.router.scopes())
     }
 
     /// [`client_builder`] for this middleware's API origins.
@@ -400,14 +394,17 @@ pub fn client_builder(api_base: &str) -> Result<::reqwest::ClientBuilder, Error>
 /// (one of `scopes`, one per credential set), stop at the first hop out of it.
 fn policy(scopes: Vec<Scope>) -> Policy {
     Policy::custom(move |attempt: Attempt<'_>| {
-        let next = attempt.url();
-        let inside = scopes.iter().any(|scope| {
-            admits(scope, next) && attempt.previous().last().is_none_or(|p| admits(scope, p))
-        });
-        if !inside {
+        let previous = attempt.previous().last();
+        let follows = follows_redirect(
+            &scopes,
+            |scope| previous.is_none_or(|p| admits(scope, p)),
+            |scope| admits(scope, attempt.url()),
+        );
+        if !follows {
             tracing::debug!(
                 status = attempt.status().as_u16(),
-                "redirect out of the API origins not followed; the 3xx goes to the caller"
+                "redirect into, out of or between credential sets not followed; the 3xx goes \
+                 to the caller"
             );
             attempt.stop()
         } else if attempt.previous().len() > MAX_REDIRECTS {

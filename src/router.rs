@@ -30,15 +30,22 @@
 //!
 //! # Redirects
 //!
-//! A set's token never follows a redirect to another set's host:
+//! A set's token never follows a redirect to another set's host, and with the adapters'
+//! own redirect policies no redirect crosses from one set to another, out of a set, or
+//! from a host outside every set into one (the caller gets the `3xx`):
 //!
-//! * tower-http's `FollowRedirectLayer` outside the layer sends each hop through the router
-//!   again, so a hop to another market's host carries that market's token (its own host),
-//!   and a hop elsewhere is refused or passed through untouched. tower-http builds each hop
-//!   without the first request's extensions: a hop is routed by its host.
+//! * tower-http's `FollowRedirectLayer` outside the layer, with
+//!   [`BearerAuthLayer::redirect_policy`](crate::BearerAuthLayer::redirect_policy)
+//!   (feature `tower-http`). With another policy, each hop still goes through the router
+//!   again, so a hop carries only the token of its own host's set — but a hop from market A
+//!   to market B is then sent with B's token (a tenant's request changes account), and,
+//!   with [`pass_through`](RouterBuilder::pass_through), a foreign host's redirect into
+//!   the API becomes an authenticated call of its choosing. Tower-http 0.7's `Standard`
+//!   policy keeps a request's extensions on a same-origin hop and drops them on a
+//!   cross-origin one, so a [`CredentialSet`] survives only inside one origin.
 //! * reqwest follows redirects inside the client: build it from
 //!   [`BearerAuthMiddleware::client_builder`](crate::reqwest::BearerAuthMiddleware::client_builder),
-//!   whose policy follows a hop only inside the origins of the set of the hop before it.
+//!   whose policy applies the same rule.
 //!
 //! # Fleet, metrics, tracing, status
 //!
@@ -84,7 +91,8 @@ use crate::origin::{Origin, Scope};
 
 /// Default most tenant sets kept at once: 1,024. Past it, the least recently used is
 /// dropped (and built again by the lookup if it comes back): a few hundred bytes each plus
-/// its token, so at most a few MiB however many tenants there are.
+/// its token and its key (at most [`MAX_CREDENTIAL_SET_KEY`] bytes), so at most a few MiB
+/// however many tenants there are.
 pub const DEFAULT_MAX_TENANTS: usize = 1024;
 
 /// Default time after which a tenant set nobody used is dropped: 1 h. Longer than the
@@ -92,31 +100,74 @@ pub const DEFAULT_MAX_TENANTS: usize = 1024;
 /// 24 h token lifetime, so an idle tenant costs one token request when it comes back.
 pub const DEFAULT_TENANT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// A request extension naming the credential set a request is sent with: a tenant or
-/// customer key, or the [name](TokenCache::name) of one of the router's sets. It takes
-/// precedence over routing by host; the set's token still only goes to that set's origins.
+/// The longest [`CredentialSet`] key, in bytes: 256. A longer key (or an empty one, or one
+/// with control characters) is refused with [`Error::is_config`] before any lookup, so a
+/// tenant costs a bounded amount of memory and a key is never echoed at length.
+pub const MAX_CREDENTIAL_SET_KEY: usize = 256;
+
+/// A request extension naming the credential set a request is sent with: one of the
+/// router's sets by its [name](TokenCache::name) ([`set`](Self::set)), or a tenant's set,
+/// built by the router's tenant lookup ([`tenant`](Self::tenant)). The two never mix: a
+/// tenant key equal to a set's name is still a tenant (a customer-chosen key never selects
+/// the operator's own credentials). It takes precedence over routing by host; the set's
+/// token still only goes to that set's origins.
 ///
 /// ```
 /// use docplanner_auth::router::CredentialSet;
 ///
 /// let request = http::Request::get("https://www.doctoralia.es/api/v3/integration/facilities")
-///     .extension(CredentialSet::new("customer-42"))
+///     .extension(CredentialSet::tenant("customer-42"))
 ///     .body(())
 ///     .unwrap();
 /// # let _ = request;
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct CredentialSet(Arc<str>);
+pub struct CredentialSet {
+    key: Arc<str>,
+    tenant: bool,
+}
 
 impl CredentialSet {
-    /// The credential set named `key`.
-    pub fn new(key: impl Into<Arc<str>>) -> Self {
-        Self(key.into())
+    /// One of the router's sets, by its name.
+    pub fn set(name: impl Into<Arc<str>>) -> Self {
+        Self {
+            key: name.into(),
+            tenant: false,
+        }
     }
 
-    /// The key.
+    /// A tenant's (or customer's) set: the one the router's
+    /// [lookup](RouterBuilder::tenants) built for `key`, built the first time it is seen.
+    pub fn tenant(key: impl Into<Arc<str>>) -> Self {
+        Self {
+            key: key.into(),
+            tenant: true,
+        }
+    }
+
+    /// The set's name or the tenant's key.
     pub fn key(&self) -> &str {
-        &self.0
+        &self.key
+    }
+
+    /// Whether this names a tenant (not one of the router's sets).
+    pub fn is_tenant(&self) -> bool {
+        self.tenant
+    }
+
+    /// A key fit to use: not empty, at most [`MAX_CREDENTIAL_SET_KEY`] bytes, no control
+    /// characters. The refusal never quotes the key.
+    fn checked_key(&self) -> Result<&str, Error> {
+        let key = &*self.key;
+        if key.is_empty() || key.len() > MAX_CREDENTIAL_SET_KEY || key.chars().any(char::is_control)
+        {
+            return Err(Error::config(format!(
+                "a CredentialSet key must be 1 to {MAX_CREDENTIAL_SET_KEY} bytes without \
+                 control characters; this one has {} bytes",
+                key.len()
+            )));
+        }
+        Ok(key)
     }
 }
 
@@ -286,12 +337,18 @@ type Lookup = dyn Fn(&str) -> Result<Set, Error> + Send + Sync;
 
 struct Tenants {
     lookup: Box<Lookup>,
-    live: Mutex<HashMap<Arc<str>, Live>>,
+    live: Mutex<Live>,
     max: usize,
     idle_timeout: Duration,
 }
 
+/// The tenant sets built so far, and when the idle ones were last dropped.
 struct Live {
+    sets: HashMap<Arc<str>, Tenant>,
+    swept: Instant,
+}
+
+struct Tenant {
     set: Arc<Set>,
     last_used: Instant,
 }
@@ -300,7 +357,9 @@ struct Live {
 pub struct RouterBuilder {
     sets: Vec<Set>,
     pass_through: bool,
-    tenants: Option<Tenants>,
+    lookup: Option<Box<Lookup>>,
+    max_tenants: Option<usize>,
+    tenant_idle_timeout: Option<Duration>,
 }
 
 impl Router {
@@ -310,7 +369,9 @@ impl Router {
         RouterBuilder {
             sets: vec![first],
             pass_through: false,
-            tenants: None,
+            lookup: None,
+            max_tenants: None,
+            tenant_idle_timeout: None,
         }
     }
 
@@ -319,17 +380,21 @@ impl Router {
         &self.shared.sets
     }
 
+    /// The scopes of the sets chosen by host, for a redirect policy.
+    pub(crate) fn scopes(&self) -> Vec<Scope> {
+        self.shared.sets.iter().map(|s| s.scope.clone()).collect()
+    }
+
     /// The default set (the first one given).
     pub fn default_set(&self) -> &Set {
         // `builder` takes the first set, and nothing removes one.
         &self.shared.sets[0]
     }
 
-    /// How many tenant sets are live now (built by the lookup and not yet dropped).
+    /// How many tenant sets are live now: built by the lookup and used within the idle
+    /// timeout. (An idle one is dropped by the next tenant request.)
     pub fn live_tenants(&self) -> usize {
-        self.shared.tenants.as_ref().map_or(0, |t| {
-            t.live.lock().unwrap_or_else(PoisonError::into_inner).len()
-        })
+        self.shared.tenants.as_ref().map_or(0, |t| t.live_count())
     }
 
     /// A router over one set with no pass-through: the single-set layer and middleware.
@@ -415,19 +480,25 @@ impl Shared {
 
     /// The set named by a request's [`CredentialSet`]: a set of the router by name, else a
     /// tenant's (built by the lookup if it is not live).
-    fn by_key(&self, key: &CredentialSet, target: &impl Target) -> Result<Route<'_>, Error> {
-        if let Some(set) = self.sets.iter().find(|s| s.name() == key.key()) {
+    fn by_key(&self, named: &CredentialSet, target: &impl Target) -> Result<Route<'_>, Error> {
+        let key = named.checked_key()?;
+        if !named.is_tenant() {
+            let set = self.sets.iter().find(|s| s.name() == key).ok_or_else(|| {
+                Error::config(format!(
+                    "no credential set named {key:?}: add it to the router (a tenant's key \
+                     goes in CredentialSet::tenant)"
+                ))
+            })?;
             set.check(target)?;
             return Ok(Route::Set(set));
         }
         let tenants = self.tenants.as_ref().ok_or_else(|| {
-            Error::config(format!(
-                "no credential set named `{}`: add it to the router, or give the router a \
-                 tenant lookup (RouterBuilder::tenants)",
-                key.key()
-            ))
+            Error::config(
+                "a request names a tenant (CredentialSet::tenant) but the router has no \
+                 tenant lookup: give it one with RouterBuilder::tenants",
+            )
         })?;
-        let set = tenants.get(&key.0)?;
+        let set = tenants.get(&named.key)?;
         set.check(target)?;
         Ok(Route::Tenant(set))
     }
@@ -456,30 +527,53 @@ impl Tenants {
     fn get(&self, key: &Arc<str>) -> Result<Arc<Set>, Error> {
         let now = Instant::now();
         let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = live.get_mut(key) {
-            entry.last_used = now;
-            return Ok(Arc::clone(&entry.set));
+        // Idle sets go at most every eighth of the timeout: a scan, not one per request.
+        if now.saturating_duration_since(live.swept) >= self.idle_timeout / 8 {
+            live.sets.retain(|_, t| !self.is_idle(t, now));
+            live.swept = now;
+        }
+        match live.sets.get_mut(key) {
+            Some(tenant) if !self.is_idle(tenant, now) => {
+                tenant.last_used = now;
+                return Ok(Arc::clone(&tenant.set));
+            }
+            // Idle since the last scan: built again, as if it had been dropped.
+            Some(_) => {
+                live.sets.remove(key);
+            }
+            None => {}
         }
         let set = Arc::new((self.lookup)(key)?);
-        live.retain(|_, e| now.saturating_duration_since(e.last_used) < self.idle_timeout);
-        while live.len() >= self.max {
+        while live.sets.len() >= self.max {
             let oldest = live
+                .sets
                 .iter()
-                .min_by_key(|(_, e)| e.last_used)
+                .min_by_key(|(_, t)| t.last_used)
                 .map(|(k, _)| Arc::clone(k));
             match oldest {
-                Some(oldest) => live.remove(&oldest),
+                Some(oldest) => live.sets.remove(&oldest),
                 None => break,
             };
         }
-        live.insert(
+        live.sets.insert(
             Arc::clone(key),
-            Live {
+            Tenant {
                 set: Arc::clone(&set),
                 last_used: now,
             },
         );
         Ok(set)
+    }
+
+    fn is_idle(&self, tenant: &Tenant, now: Instant) -> bool {
+        now.saturating_duration_since(tenant.last_used) >= self.idle_timeout
+    }
+
+    /// The tenant sets used within the idle timeout.
+    fn live_count(&self) -> usize {
+        let now = Instant::now();
+        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        live.sets.values().filter(|t| !self.is_idle(t, now)).count()
     }
 }
 
@@ -503,41 +597,36 @@ impl RouterBuilder {
     /// router's sets) with `lookup`, the first time the key is seen. Give each set's cache
     /// the tenant's name ([`TokenCacheBuilder::name`](crate::TokenCacheBuilder::name)) so
     /// that its metrics and spans say which tenant they are about. At most
-    /// [`DEFAULT_MAX_TENANTS`] sets are kept, and none idle for longer than
-    /// [`DEFAULT_TENANT_IDLE_TIMEOUT`]; a dropped one is built again when its key returns
-    /// (and fetches a token again, unless its cache shares a [store](crate::store)).
+    /// [`DEFAULT_MAX_TENANTS`] sets are kept, and one idle for longer than
+    /// [`DEFAULT_TENANT_IDLE_TIMEOUT`] is dropped by the next tenant request (no timer
+    /// runs); a dropped one is built again when its key returns (and fetches a token again,
+    /// unless its cache shares a [store](crate::store)). Only a
+    /// [`CredentialSet::tenant`] key reaches the lookup, never a set's name.
     ///
     /// The lookup runs under the router's tenant lock, so that concurrent first requests of
     /// a tenant share one set: keep it quick (build a cache from credentials already at
-    /// hand, no I/O). An error it returns is the request's.
+    /// hand, no I/O). An error it returns is the request's; a panic in it propagates to the
+    /// caller, and the router stays usable.
     pub fn tenants<F>(mut self, lookup: F) -> Self
     where
         F: Fn(&str) -> Result<Set, Error> + Send + Sync + 'static,
     {
-        self.tenants = Some(Tenants {
-            lookup: Box::new(lookup),
-            live: Mutex::new(HashMap::new()),
-            max: DEFAULT_MAX_TENANTS,
-            idle_timeout: DEFAULT_TENANT_IDLE_TIMEOUT,
-        });
+        self.lookup = Some(Box::new(lookup));
         self
     }
 
     /// The most tenant sets kept at once (default [`DEFAULT_MAX_TENANTS`]; at least 1).
-    /// Needs [`tenants`](Self::tenants) first.
+    /// Without a [tenant lookup](Self::tenants), [`build`](Self::build) refuses it.
     pub fn max_tenants(mut self, max: usize) -> Self {
-        if let Some(tenants) = &mut self.tenants {
-            tenants.max = max.max(1);
-        }
+        self.max_tenants = Some(max.max(1));
         self
     }
 
     /// How long a tenant set nobody uses is kept (default
-    /// [`DEFAULT_TENANT_IDLE_TIMEOUT`]). Needs [`tenants`](Self::tenants) first.
+    /// [`DEFAULT_TENANT_IDLE_TIMEOUT`]): the first tenant request after that drops it.
+    /// Without a [tenant lookup](Self::tenants), [`build`](Self::build) refuses it.
     pub fn tenant_idle_timeout(mut self, timeout: Duration) -> Self {
-        if let Some(tenants) = &mut self.tenants {
-            tenants.idle_timeout = timeout;
-        }
+        self.tenant_idle_timeout = Some(timeout);
         self
     }
 
@@ -563,14 +652,51 @@ impl RouterBuilder {
                 }
             }
         }
+        let tenants = match self.lookup {
+            Some(lookup) => Some(Arc::new(Tenants {
+                lookup,
+                live: Mutex::new(Live {
+                    sets: HashMap::new(),
+                    swept: Instant::now(),
+                }),
+                max: self.max_tenants.unwrap_or(DEFAULT_MAX_TENANTS),
+                idle_timeout: self
+                    .tenant_idle_timeout
+                    .unwrap_or(DEFAULT_TENANT_IDLE_TIMEOUT),
+            })),
+            None if self.max_tenants.is_some() || self.tenant_idle_timeout.is_some() => {
+                return Err(Error::config(
+                    "max_tenants and tenant_idle_timeout bound the sets of a tenant lookup, \
+                     and this router has none: give it one with RouterBuilder::tenants",
+                ))
+            }
+            None => None,
+        };
         Ok(Router {
             shared: Arc::new(Shared {
                 by_authority: authority_table(&self.sets),
                 sets: self.sets,
                 pass_through: self.pass_through,
-                tenants: self.tenants.map(Arc::new),
+                tenants,
             }),
         })
+    }
+}
+
+/// The redirect rule of both adapters' policies (tower-http's and reqwest's): a hop is
+/// followed when it stays inside the origins of the set of the hop before it, or when
+/// neither hop is in any set (no token goes with either); a hop into a set from outside
+/// every set (a foreign host would choose an authenticated call), out of a set, or from
+/// one set to another stops, and the caller gets the `3xx`. `previous` and `next` say
+/// whether a scope admits each hop.
+pub(crate) fn follows_redirect(
+    scopes: &[Scope],
+    previous: impl Fn(&Scope) -> bool,
+    next: impl Fn(&Scope) -> bool,
+) -> bool {
+    match scopes.iter().find(|scope| next(scope)) {
+        Some(scope) => previous(scope),
+        None => !scopes.iter().any(previous),
     }
 }
 
@@ -602,7 +728,7 @@ impl fmt::Debug for RouterBuilder {
         f.debug_struct("RouterBuilder")
             .field("sets", &self.sets)
             .field("pass_through", &self.pass_through)
-            .field("tenants", &self.tenants.is_some())
+            .field("tenants", &self.lookup.is_some())
             .finish()
     }
 }

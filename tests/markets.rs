@@ -19,8 +19,6 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{service_fn, Layer, Service, ServiceExt};
 
-mod support;
-
 /// Every wait on a request is bounded: a broken build fails, never hangs.
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -128,6 +126,18 @@ where
     tokio::time::timeout(PATIENCE, client.oneshot(request))
         .await
         .expect("the request did not complete in time")
+}
+
+/// The error a request fails with, as the crate's typed error.
+async fn refusal<S>(client: S, request: Request<Full<Bytes>>) -> docplanner_auth::Error
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = BoxError>,
+{
+    let error = send(client, request).await.unwrap_err();
+    error
+        .downcast_ref::<docplanner_auth::Error>()
+        .unwrap()
+        .clone()
 }
 
 fn get(url: &str) -> Request<Full<Bytes>> {
@@ -325,7 +335,14 @@ impl Live {
 
 fn for_tenant(url: &str, key: &str) -> Request<Full<Bytes>> {
     Request::get(url)
-        .extension(CredentialSet::new(key))
+        .extension(CredentialSet::tenant(key))
+        .body(Full::default())
+        .unwrap()
+}
+
+fn for_set(url: &str, name: &str) -> Request<Full<Bytes>> {
+    Request::get(url)
+        .extension(CredentialSet::set(name))
         .body(Full::default())
         .unwrap()
 }
@@ -361,15 +378,10 @@ async fn a_request_extension_chooses_a_tenant_built_once_by_the_lookup() {
         .all(|(_, a)| a.as_deref() == Some("Bearer acme-token")));
 
     // A tenant's token only goes to the tenant's origins, never to a market's host.
-    let error = send(client.clone(), for_tenant(&markets[0].url(), "acme"))
-        .await
-        .unwrap_err();
-    assert!(error
-        .downcast_ref::<docplanner_auth::Error>()
-        .unwrap()
-        .is_host_not_allowed());
+    let error = refusal(client.clone(), for_tenant(&markets[0].url(), "acme")).await;
+    assert!(error.is_host_not_allowed(), "{error}");
     // The extension may also name a set of the router by its name.
-    send(client.clone(), for_tenant(&markets[0].url(), "m0"))
+    send(client.clone(), for_set(&markets[0].url(), "m0"))
         .await
         .unwrap();
     assert_eq!(
@@ -378,17 +390,47 @@ async fn a_request_extension_chooses_a_tenant_built_once_by_the_lookup() {
     );
     assert_eq!(router.live_tenants(), 1);
 
-    // Without a lookup, an unknown key is a configuration error that names it.
+    // A tenant key equal to a set's name is a tenant: the lookup builds its own set (for
+    // its own origin), and the market's token is never chosen by it.
+    let error = refusal(client.clone(), for_tenant(&markets[0].url(), "m0")).await;
+    assert!(error.is_host_not_allowed(), "{error}");
+    assert_eq!((router.live_tenants(), markets[0].fetches()), (2, 1));
+
+    // Keys that are empty, too long or carry control characters: refused before any
+    // lookup, never quoted.
+    let long = "k".repeat(docplanner_auth::router::MAX_CREDENTIAL_SET_KEY + 1);
+    for key in ["", long.as_str(), "evil\nINFO forged log line"] {
+        for request in [
+            for_tenant(&markets[0].url(), key),
+            for_set(&markets[0].url(), key),
+        ] {
+            let error = refusal(client.clone(), request).await;
+            assert!(error.is_config(), "{error}");
+            assert!(error.to_string().len() < 200 && !error.to_string().contains("forged"));
+        }
+    }
+    assert_eq!(router.live_tenants(), 2);
+
+    // Without a lookup, an unknown set is a configuration error that names it, and a
+    // tenant one that says what is missing.
     let client = BearerAuthLayer::routed(Router::builder(Market::new(1).set()).build().unwrap())
         .layer(api(Seen::default(), Arc::default()));
-    let error = send(client, for_tenant(&markets[0].url(), "nobody"))
-        .await
-        .unwrap_err();
-    let error = error.downcast_ref::<docplanner_auth::Error>().unwrap();
+    let error = refusal(client.clone(), for_set(&markets[0].url(), "nobody")).await;
     assert!(
         error.is_config() && error.to_string().contains("nobody"),
         "{error}"
     );
+    let error = refusal(client, for_tenant(&markets[0].url(), "acme")).await;
+    assert!(
+        error.is_config() && error.to_string().contains("tenant lookup"),
+        "{error}"
+    );
+    // Tenant bounds without a lookup would do nothing: refused.
+    let error = Router::builder(Market::new(1).set())
+        .max_tenants(10)
+        .build()
+        .unwrap_err();
+    assert!(error.is_config(), "{error}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -420,7 +462,8 @@ async fn ten_thousand_tenants_keep_memory_flat() {
     assert_eq!(router.live_tenants(), 100);
     assert_eq!(live.count(), 100, "the dropped sets' caches are gone");
 
-    // Idle ones go after the idle timeout, at the next new tenant.
+    // Idle ones go after the idle timeout, at the next tenant request.
+    let (live, fetches) = (Live::default(), Arc::new(AtomicUsize::new(0)));
     let router = Router::builder(Market::new(1).set())
         .tenants(live.lookup(Arc::clone(&fetches)))
         .tenant_idle_timeout(Duration::from_secs(60))
@@ -438,14 +481,26 @@ async fn ten_thousand_tenants_keep_memory_flat() {
         .unwrap();
     }
     assert_eq!(router.live_tenants(), 10);
-    tokio::time::advance(Duration::from_secs(61)).await;
-    send(
-        client.clone(),
-        for_tenant("https://tenants.test/api/x", "late"),
-    )
-    .await
-    .unwrap();
-    assert_eq!(router.live_tenants(), 1, "the idle ones were dropped");
+    let tenant = |key: &str| for_tenant("https://tenants.test/api/x", key);
+    tokio::time::advance(Duration::from_secs(55)).await;
+    send(client.clone(), tenant("t0")).await.unwrap();
+    tokio::time::advance(Duration::from_secs(6)).await;
+    assert_eq!(
+        router.live_tenants(),
+        1,
+        "idle ones are not counted as live"
+    );
+    // A key idle past the timeout is built again (one more token request), even between
+    // two scans for idle sets.
+    let before = fetches.load(Ordering::SeqCst);
+    send(client.clone(), tenant("t3")).await.unwrap();
+    assert_eq!(fetches.load(Ordering::SeqCst), before + 1);
+    assert_eq!(router.live_tenants(), 2);
+    // The next scan (an eighth of the timeout later) drops every idle set and its cache.
+    tokio::time::advance(Duration::from_secs(8)).await;
+    send(client.clone(), tenant("late")).await.unwrap();
+    assert_eq!(router.live_tenants(), 3, "t0, t3 and late");
+    assert_eq!(live.count(), 3, "the idle sets' caches are gone");
 }
 
 #[test]
@@ -470,11 +525,10 @@ fn sets_with_the_same_name_or_origin_are_refused() {
 
 /// Two replicas, each with a router over the same two markets, share one store: each set
 /// keeps its own store key (a replica adopts the other's token per market) and its own
-/// single flight (a revocation in one market refreshes that market only), and the spans
-/// carry each set's name.
+/// single flight (a revocation in one market refreshes that market only). (The set's name
+/// in spans: `observability::each_credential_set_names_its_spans`.)
 #[tokio::test(start_paused = true)]
-async fn each_set_shares_its_own_store_key_and_names_its_spans() {
-    let (captured, _guard) = support::Captured::install(tracing::Level::DEBUG);
+async fn each_set_shares_its_own_store_key_and_single_flight() {
     let markets: Vec<Market> = (0..2).map(Market::new).collect();
     let store = MemoryStore::new();
     let replica = || {
@@ -537,23 +591,6 @@ async fn each_set_shares_its_own_store_key_and_names_its_spans() {
             Some("Bearer m1-2"),
         ]
     );
-    let text = captured.text();
-    for name in ["m0", "m1"] {
-        assert!(
-            text.lines()
-                .any(|l| l.contains("new access token stored")
-                    && l.contains(&format!("cache={name}"))),
-            "no span or event names the set {name}:\n{text}"
-        );
-    }
-    assert!(
-        text.lines()
-            .any(|l| l.contains("token rejected (401)") && l.contains("cache=m1"))
-            && !text
-                .lines()
-                .any(|l| l.contains("token rejected (401)") && l.contains("cache=m0")),
-        "{text}"
-    );
 }
 
 /// The layer's `allow_api_base` adds an origin to the default set after the router is
@@ -584,7 +621,7 @@ async fn allow_api_base_on_a_routed_layer_keeps_each_origin_in_one_set() {
         let response = send(client.clone(), get(url)).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{url}");
     }
-    let named_m0 = for_tenant("https://www.market2.test/api/v3/integration/x", "m0");
+    let named_m0 = for_set("https://www.market2.test/api/v3/integration/x", "m0");
     let error = send(client.clone(), named_m0).await.unwrap_err();
     assert!(error.to_string().contains("refused"), "{error}");
     let seen = seen.lock().unwrap();
@@ -632,9 +669,9 @@ async fn a_redirect_to_another_markets_host_never_carries_the_first_markets_toke
         ]
     );
 
-    // Named for market 0: tower-http builds each hop without the first request's
-    // extensions, so the hop is routed by its host again; market 0's token stays home.
-    let response = tokio::time::timeout(PATIENCE, client.oneshot(for_tenant(hop, "m0")))
+    // Named for market 0: tower-http's `Standard` policy drops the extensions on a
+    // cross-origin hop, so the hop is routed by its host again; market 0's token stays home.
+    let response = tokio::time::timeout(PATIENCE, client.oneshot(for_set(hop, "m0")))
         .await
         .unwrap()
         .unwrap();
@@ -646,4 +683,125 @@ async fn a_redirect_to_another_markets_host_never_carries_the_first_markets_toke
     }
     assert_eq!(seen.lock().unwrap().len(), 4);
     assert_eq!((markets[0].fetches(), markets[1].fetches()), (1, 1));
+}
+
+/// tower-http's `FollowRedirectLayer` with the layer's own `redirect_policy`: a redirect is
+/// followed inside one set's origins (a tenant's request keeps the tenant's token), and
+/// between hosts outside every set; it stops from one market to another, and from a host
+/// outside every set into a market's API (a foreign host never chooses an authenticated
+/// call); at most `MAX_REDIRECTS` hops.
+#[cfg(feature = "tower-http")]
+#[tokio::test(start_paused = true)]
+async fn the_redirect_policy_follows_only_inside_one_set_or_outside_every_set() {
+    use std::collections::HashMap;
+    use tower_http::follow_redirect::FollowRedirectLayer;
+
+    let markets: Vec<Market> = (0..2).map(Market::new).collect();
+    let (live, fetches) = (Live::default(), Arc::new(AtomicUsize::new(0)));
+    let router = router(&markets)
+        .pass_through(true)
+        .tenants(live.lookup(Arc::clone(&fetches)))
+        .build()
+        .unwrap();
+    let auth = BearerAuthLayer::routed(router);
+    // The API: a redirect (307) for every URL in `hops`, 200 for the rest.
+    let hops: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let seen = Seen::default();
+    let api = {
+        let (hops, seen) = (Arc::clone(&hops), seen.clone());
+        service_fn(move |request: Request<ReplayBody<Full<Bytes>>>| {
+            let url = request.uri().to_string();
+            let authorization = request
+                .headers()
+                .get("authorization")
+                .map(|v| v.to_str().unwrap().to_owned());
+            seen.lock().unwrap().push((url.clone(), authorization));
+            let next = hops.lock().unwrap().get(&url).cloned();
+            async move {
+                let mut response = Response::new(Full::new(Bytes::new()));
+                if let Some(next) = next {
+                    *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+                    response
+                        .headers_mut()
+                        .insert("location", next.parse().unwrap());
+                }
+                Ok::<_, BoxError>(response)
+            }
+        })
+    };
+    let client = tower::ServiceBuilder::new()
+        .layer(FollowRedirectLayer::with_policy(auth.redirect_policy()))
+        .layer(auth)
+        .service(api);
+    let m0 = |path: &str| format!("https://www.market0.test/api/v3/integration/{path}");
+    let m1 = |path: &str| format!("https://www.market1.test/api/v3/integration/{path}");
+    let partner = |path: &str| format!("https://webhook.partner.test/{path}");
+    let tenants = |path: &str| format!("https://tenants.test/api/{path}");
+    for (from, to) in [
+        (m0("a"), m0("b")),
+        (m0("cross"), m1("x")),
+        (partner("notify"), m0("slots")),
+        (partner("a"), partner("b")),
+        (tenants("a"), tenants("b")),
+    ] {
+        hops.lock().unwrap().insert(from, to);
+    }
+    for i in 0..20 {
+        hops.lock()
+            .unwrap()
+            .insert(m0(&format!("loop{i}")), m0(&format!("loop{}", i + 1)));
+    }
+    let run = |request: Request<Full<Bytes>>| {
+        seen.lock().unwrap().clear();
+        let (client, seen) = (client.clone(), seen.clone());
+        async move {
+            let response = tokio::time::timeout(PATIENCE, client.oneshot(request))
+                .await
+                .expect("in time")
+                .unwrap();
+            let seen = seen.lock().unwrap().clone();
+            (response.status(), seen)
+        }
+    };
+    let auth = |token: &str| Some(format!("Bearer {token}"));
+
+    // Inside one market: followed, with that market's token on both hops.
+    let (status, seen_now) = run(get(&m0("a"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(seen_now, [(m0("a"), auth("m0-1")), (m0("b"), auth("m0-1"))]);
+    // From one market to another: stopped; market 1 never hears of it.
+    let (status, seen_now) = run(get(&m0("cross"))).await;
+    assert_eq!(status, StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(seen_now, [(m0("cross"), auth("m0-1"))]);
+    // A foreign host (passed through) redirecting into the API: stopped, no token sent.
+    let (status, seen_now) = run(get(&partner("notify"))).await;
+    assert_eq!(status, StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(seen_now, [(partner("notify"), None)]);
+    // Between hosts outside every set: followed, untouched.
+    let (status, seen_now) = run(get(&partner("a"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(seen_now, [(partner("a"), None), (partner("b"), None)]);
+    // A tenant's request inside its own origin keeps the tenant's token.
+    let (status, seen_now) = run(for_tenant(&tenants("a"), "acme")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        seen_now,
+        [
+            (tenants("a"), auth("acme-token")),
+            (tenants("b"), auth("acme-token"))
+        ]
+    );
+    // A redirect loop inside one set: the first request and MAX_REDIRECTS hops, then the
+    // caller gets the 3xx.
+    let (status, seen_now) = run(get(&m0("loop0"))).await;
+    assert_eq!(status, StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(seen_now.len(), 1 + docplanner_auth::auth::MAX_REDIRECTS);
+    assert_eq!(
+        (
+            markets[0].fetches(),
+            markets[1].fetches(),
+            fetches.load(Ordering::SeqCst)
+        ),
+        (1, 0, 1)
+    );
 }

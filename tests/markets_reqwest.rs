@@ -46,7 +46,7 @@ fn set(fake: &FakeDocplanner, name: &str) -> Set {
 }
 
 /// Spain (whose `/hop` redirects to Poland's API), Poland, Italy, and a fourth fake outside
-/// every set.
+/// every set (whose `/hop` redirects to Spain's API).
 struct Setup {
     es: FakeDocplanner,
     pl: FakeDocplanner,
@@ -57,11 +57,12 @@ struct Setup {
 async fn setup() -> Setup {
     let pl = market("pl", None).await;
     let es = market("es", Some(format!("{}/facilities", pl.api_base()))).await;
+    let other = market("other", Some(format!("{}/facilities", es.api_base()))).await;
     Setup {
         es,
         pl,
         it: market("it", None).await,
-        other: market("other", None).await,
+        other,
     }
 }
 
@@ -184,6 +185,35 @@ async fn a_host_outside_every_set_is_refused_by_default_and_passes_through_untou
     let stats = s.other.stats();
     assert_eq!((stats.api_requests, stats.api_no_token), (1, 1));
     assert_eq!(s.token_requests(), [0, 0, 0, 0], "no token request");
+
+    // The host outside every set (the caller authenticates to it on its own) redirects
+    // into Spain's API: not followed (a foreign host never chooses an authenticated call),
+    // Spain hears nothing.
+    let own = s
+        .other
+        .cache_builder()
+        .unwrap()
+        .build()
+        .token()
+        .await
+        .unwrap();
+    let response = tokio::time::timeout(
+        PATIENCE,
+        client
+            .get(format!("{}/hop", s.other.base_url()))
+            .bearer_auth(own.secret())
+            .send(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::FOUND);
+    assert_eq!(s.es.stats().api_requests, 0);
+    assert_eq!(
+        s.token_requests(),
+        [0, 0, 0, 1],
+        "only the caller's own token"
+    );
 }
 
 #[tokio::test]
@@ -195,7 +225,7 @@ async fn a_credential_set_extension_picks_a_set_whose_token_stays_on_its_origins
         PATIENCE,
         client
             .get(format!("{}/facilities", s.it.api_base()))
-            .with_extension(CredentialSet::new("it"))
+            .with_extension(CredentialSet::set("it"))
             .send(),
     )
     .await
@@ -207,7 +237,7 @@ async fn a_credential_set_extension_picks_a_set_whose_token_stays_on_its_origins
         PATIENCE,
         client
             .get(format!("{}/facilities", s.es.api_base()))
-            .with_extension(CredentialSet::new("pl"))
+            .with_extension(CredentialSet::set("pl"))
             .send(),
     )
     .await

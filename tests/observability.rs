@@ -74,3 +74,62 @@ async fn the_refresh_span_is_not_a_child_of_the_triggering_request() {
     assert!(stored.contains("docplanner_auth.refresh{"), "{stored}");
     assert!(!stored.contains("caller_request"), "{stored}");
 }
+
+/// Several credential sets: every event of a set's cache carries the set's name (its
+/// cache's), so a refresh or a 401 says which market or tenant it is about.
+#[tokio::test]
+async fn each_credential_set_names_its_spans() {
+    use bytes::Bytes;
+    use docplanner_auth::router::{Router, Set};
+    use docplanner_auth::{AccessToken, BearerAuthLayer, BoxError, ReplayBody, TokenCache};
+    use http::{Request, Response, StatusCode};
+    use http_body_util::Full;
+    use tower::{service_fn, Layer, ServiceExt};
+
+    let (captured, _guard) = Captured::install(tracing::Level::INFO);
+    let set = |name: &'static str| {
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let cache = TokenCache::builder(move || {
+            let n = fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            async move {
+                Ok::<_, BoxError>(AccessToken::new(
+                    format!("{name}-{n}"),
+                    std::time::Duration::from_secs(3600),
+                )?)
+            }
+        })
+        .name(name)
+        .build();
+        Set::new(cache, &format!("https://www.{name}.test")).unwrap()
+    };
+    let router = Router::builder(set("es")).set(set("pl")).build().unwrap();
+    // The API rejects Poland's first token once.
+    let api = service_fn(|request: Request<ReplayBody<Full<Bytes>>>| {
+        let rejected = request.headers()["authorization"] == "Bearer pl-1";
+        async move {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            if rejected {
+                *response.status_mut() = StatusCode::UNAUTHORIZED;
+            }
+            Ok::<_, BoxError>(response)
+        }
+    });
+    let client = BearerAuthLayer::routed(router).layer(api);
+    for host in ["es", "pl"] {
+        let request = Request::get(format!("https://www.{host}.test/x"))
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let response = client.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let text = captured.text();
+    let lines = |what: &str, name: &str| {
+        text.lines()
+            .filter(|l| l.contains(what) && l.contains(&format!("cache={name}")))
+            .count()
+    };
+    assert_eq!(lines("new access token stored", "es"), 1, "{text}");
+    assert_eq!(lines("new access token stored", "pl"), 2, "{text}");
+    assert_eq!(lines("token rejected (401)", "pl"), 1, "{text}");
+    assert_eq!(lines("token rejected (401)", "es"), 0, "{text}");
+}

@@ -73,6 +73,15 @@ impl BearerAuthLayer {
         Ok(self)
     }
 
+    /// The redirect policy for tower-http's `FollowRedirectLayer` put outside this layer
+    /// (feature `tower-http`): it follows a redirect only inside the origins of one
+    /// credential set, or between hosts outside every set; see
+    /// [`RedirectPolicy`](crate::RedirectPolicy).
+    #[cfg(feature = "tower-http")]
+    pub fn redirect_policy(&self) -> crate::RedirectPolicy {
+        crate::RedirectPolicy::new(self.config.router.scopes())
+    }
+
     /// Allow plain `http` requests to a configured loopback host (`127.0.0.0/8`, `::1`,
     /// `localhost`), for tests against a local mock. Off by default; the fake Docplanner of
     /// the `test-util` feature speaks HTTPS and does not need it. For a

@@ -37,9 +37,13 @@ mod body;
 mod future;
 mod head;
 mod layer;
+#[cfg(feature = "tower-http")]
+mod redirect;
 mod service;
 
 pub use self::body::{ReplayBody, DEFAULT_REPLAY_LIMIT};
 pub use self::future::ResponseFuture;
 pub use self::layer::BearerAuthLayer;
+#[cfg(feature = "tower-http")]
+pub use self::redirect::{RedirectPolicy, MAX_REDIRECTS};
 pub use self::service::BearerAuth;
