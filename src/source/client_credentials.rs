@@ -457,6 +457,13 @@ impl ClientCredentialsBuilder {
                 "the client secret is empty: give the secret {provider} issued"
             )));
         }
+        if self.secret.chars().any(char::is_control) {
+            // Never quoted: it is the secret.
+            return Err(Error::config(format!(
+                "the client secret has a control character (a line break read from a file \
+                 or a variable?): give the secret {provider} issued, on one line"
+            )));
+        }
         let scopes = self.scopes.unwrap_or_else(|| {
             if docplanner {
                 vec![DEFAULT_SCOPE.to_owned()]
@@ -663,6 +670,8 @@ mod tests {
         assert!(b(DOCPLANNER, "a:b", "secret").unwrap_err().is_config());
         assert!(b(OTHER, "a:b", "secret").is_ok());
         assert!(b(DOCPLANNER, "id", "").unwrap_err().is_config());
+        let newline = b(DOCPLANNER, "id", "s3cr3t-value\n").unwrap_err();
+        assert!(newline.is_config() && !newline.to_string().contains("s3cr3t"));
         assert!(b("http://www.doctoralia.es/oauth/v2/token", "id", "s")
             .unwrap_err()
             .is_insecure_scheme());
