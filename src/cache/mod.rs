@@ -567,10 +567,16 @@ impl Shared {
         {
             token.set_id(id);
         }
-        let schedule =
-            self.config
-                .policy
-                .schedule(token.obtained(), token.expires_at(), fastrand::f64());
+        let policy = self.config.policy;
+        let (obtained, expires) = (token.obtained(), token.expires_at());
+        let schedule = match &self.fleet {
+            // One refresh moment for the whole fleet (see `Fleet::agreed_fraction`).
+            Some(fleet) => {
+                let agreed = fleet.agreed_fraction(&token);
+                policy.shared_schedule(obtained, expires, agreed, fastrand::f64())
+            }
+            None => policy.schedule(obtained, expires, fastrand::f64()),
+        };
         if schedule.freshness(now) == Freshness::Expired {
             let error = Error::new(
                 Kind::InvalidResponse,

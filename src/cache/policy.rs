@@ -137,8 +137,7 @@ impl RefreshPolicy {
             .min((lifetime / LEAD_SHARE).max(MIN_LEAD))
             .min(half);
         let jitter = self
-            .jitter
-            .min(lifetime / JITTER_SHARE)
+            .jitter_span(lifetime)
             .mul_f64(jitter_fraction.clamp(0.0, 1.0));
         let usable_until = expires - margin;
         let usable_span = usable_until.saturating_duration_since(obtained);
@@ -146,6 +145,37 @@ impl RefreshPolicy {
         Schedule {
             refresh_at,
             usable_until,
+        }
+    }
+}
+
+impl RefreshPolicy {
+    /// The jitter of a token of `lifetime`: at most a fortieth of it.
+    fn jitter_span(&self, lifetime: Duration) -> Duration {
+        self.jitter.min(lifetime / JITTER_SHARE)
+    }
+
+    /// The schedule of a token shared by a fleet through a store. Every replica computes
+    /// the same refresh moment from `agreed` (a fraction derived from the token itself),
+    /// so the fleet refreshes when one cache would, not at its earliest replica's moment;
+    /// this replica then turns stale at the point `own` (its random fraction) of the
+    /// jitter span after that moment, never past `usable_until`. The first replica to
+    /// turn stale refreshes; the others are spread over the span, so most of them hear of
+    /// its lock, or of its new token, before they look.
+    pub(crate) fn shared_schedule(
+        &self,
+        obtained: Instant,
+        expires: Instant,
+        agreed: f64,
+        own: f64,
+    ) -> Schedule {
+        let fleet = self.schedule(obtained, expires, agreed);
+        let span = self.jitter_span(expires.saturating_duration_since(obtained));
+        let refresh_at =
+            (fleet.refresh_at + span.mul_f64(own.clamp(0.0, 1.0))).min(fleet.usable_until);
+        Schedule {
+            refresh_at,
+            ..fleet
         }
     }
 }
@@ -310,6 +340,26 @@ mod tests {
         let s = RefreshPolicy::default().schedule(t0, at(t0, 1.0), 0.0);
         assert_eq!(s.usable_until, at(t0, 0.5));
         assert_eq!(s.refresh_at, t0);
+    }
+
+    #[test]
+    fn a_shared_token_has_one_refresh_moment_and_a_spread_of_looks() {
+        let t0 = Instant::now();
+        let policy = RefreshPolicy::default();
+        let agreed = policy.schedule(t0, at(t0, 3600.0), 0.25);
+        // the agreed moment whatever the replica's own fraction, then up to the span later
+        let first = policy.shared_schedule(t0, at(t0, 3600.0), 0.25, 0.0);
+        assert_eq!(first, agreed);
+        let last = policy.shared_schedule(t0, at(t0, 3600.0), 0.25, 1.0);
+        assert_eq!(last.refresh_at, agreed.refresh_at + Duration::from_secs(60));
+        assert_eq!(last.usable_until, agreed.usable_until);
+        // never past the end of use, even with a policy whose jitter exceeds its lead
+        let odd = RefreshPolicy {
+            lead: Duration::ZERO,
+            ..policy
+        };
+        let s = odd.shared_schedule(t0, at(t0, 3600.0), 0.0, 1.0);
+        assert_eq!(s.refresh_at, s.usable_until);
     }
 
     /// The stale window (refresh moment to end of use) of the default policy, for the worst
