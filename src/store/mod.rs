@@ -192,6 +192,9 @@ impl fmt::Debug for Watchers {
 
 /// A token as a store keeps it: the token string and when it was issued and expires, as
 /// Unix times in milliseconds (replicas share wall-clock time, not monotonic instants).
+/// A token shared inside one process (a [`MemoryStore`]) also keeps the instant it was
+/// obtained at, so the caches that adopt it schedule it from exactly the same moment
+/// (and from the same clock under a paused Tokio clock).
 ///
 /// `Debug` never shows the token; the string is zeroized on drop.
 #[derive(Clone, PartialEq, Eq)]
@@ -199,6 +202,8 @@ pub struct SharedToken {
     token: Zeroizing<String>,
     issued_at_ms: u64,
     expires_at_ms: u64,
+    /// When it was obtained, on this process's clock: only in the process that made it.
+    obtained: Option<Instant>,
 }
 
 const FORMAT: &str = "v1";
@@ -217,6 +222,7 @@ impl SharedToken {
             token: Zeroizing::new(token.secret().to_owned()),
             issued_at_ms: wall.saturating_sub(ago),
             expires_at_ms: wall.saturating_add(left),
+            obtained: Some(token.obtained()),
         }
     }
 
@@ -225,7 +231,9 @@ impl SharedToken {
         let now = Instant::now();
         let wall = unix_ms(SystemTime::now());
         let ago = Duration::from_millis(wall.saturating_sub(self.issued_at_ms));
-        let obtained = now.checked_sub(ago).unwrap_or(now);
+        let obtained = self
+            .obtained
+            .unwrap_or_else(|| now.checked_sub(ago).unwrap_or(now));
         let lifetime = Duration::from_millis(self.expires_at_ms.saturating_sub(self.issued_at_ms));
         AccessToken::obtained_at(self.token.as_str(), obtained, lifetime)
     }
@@ -270,6 +278,7 @@ impl SharedToken {
             token: Zeroizing::new(token.to_owned()),
             issued_at_ms,
             expires_at_ms,
+            obtained: None,
         })
     }
 }
@@ -373,7 +382,8 @@ mod tests {
         let shared = SharedToken::from_token(&token);
         assert!(!format!("{shared:?}").contains("s3cret"));
         let decoded = SharedToken::decode(&shared.encode()).unwrap();
-        assert_eq!(decoded, shared);
+        assert_eq!(decoded.encode(), shared.encode());
+        assert_eq!(shared.to_token().unwrap().obtained(), token.obtained());
         let back = decoded.to_token().unwrap();
         assert!(back.same_secret(&token));
         let drift = back.lifetime().abs_diff(Duration::from_secs(3600));
