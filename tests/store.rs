@@ -144,7 +144,11 @@ fn the_store_trait_is_object_safe() {
 /// Token requests of `replicas` caches sharing `store` (or one cache alone, without a
 /// store) under steady traffic for `lifetimes` lifetimes of 60 s tokens named by a
 /// counter, on a paused clock: when each token request was made.
-async fn refresh_moments(replicas: usize, store: Option<MemoryStore>, lifetimes: u32) -> Vec<Instant> {
+async fn refresh_moments(
+    replicas: usize,
+    store: Option<MemoryStore>,
+    lifetimes: u32,
+) -> Vec<Instant> {
     let lifetime = Duration::from_secs(60);
     let moments = Arc::new(Mutex::new(Vec::new()));
     let source = {
@@ -154,7 +158,10 @@ async fn refresh_moments(replicas: usize, store: Option<MemoryStore>, lifetimes:
             async move {
                 let mut moments = moments.lock().unwrap();
                 moments.push(Instant::now());
-                Ok::<_, BoxError>(AccessToken::new(format!("tok-{}", moments.len()), lifetime)?)
+                Ok::<_, BoxError>(AccessToken::new(
+                    format!("tok-{}", moments.len()),
+                    lifetime,
+                )?)
             }
         }
     };
@@ -206,7 +213,15 @@ async fn a_fleet_refreshes_when_one_cache_would() {
         alone.len()
     );
     // 50.25 s expected, its standard error 0.06 s; the earliest replica's moment: 49.57 s
-    assert!(fleet_mean >= 50.0, "the fleet refreshed every {fleet_mean:.2} s");
-    assert!(fleet.len() <= alone.len() + 1, "{} > {}", fleet.len(), alone.len());
+    assert!(
+        fleet_mean >= 50.0,
+        "the fleet refreshed every {fleet_mean:.2} s"
+    );
+    assert!(
+        fleet.len() <= alone.len() + 1,
+        "{} > {}",
+        fleet.len(),
+        alone.len()
+    );
     assert!(fleet.len() as f64 <= 1.25 * f64::from(lifetimes) + 1.0);
 }

@@ -54,6 +54,14 @@ const EXPIRY_GRANULARITY: Duration = Duration::from_secs(1);
 /// The share of a token's lifetime the jitter may take: a fortieth.
 const JITTER_SHARE: u32 = 40;
 
+/// The share of the stale window over which the replicas of a fleet spread their first
+/// look at the store after the refresh moment they agree on (when it is longer than the
+/// jitter): a quarter. The first replica refreshes at that moment; the others look later
+/// and most of them have heard of its lock or its token by then (a notice takes a round
+/// trip, more on a loaded machine), while three quarters of the window remain for the
+/// retries of a failing endpoint.
+const LOOK_SHARE: u32 = 4;
+
 /// The three states of a cached token at a given instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Freshness {
@@ -158,8 +166,9 @@ impl RefreshPolicy {
     /// The schedule of a token shared by a fleet through a store. Every replica computes
     /// the same refresh moment from `agreed` (a fraction derived from the token itself),
     /// so the fleet refreshes when one cache would, not at its earliest replica's moment;
-    /// this replica then turns stale at the point `own` (its random fraction) of the
-    /// jitter span after that moment, never past `usable_until`. The first replica to
+    /// this replica then turns stale at the point `own` (its random fraction) of a span
+    /// after that moment (the jitter, or a quarter of the stale window if that is longer),
+    /// never past `usable_until`. The first replica to
     /// turn stale refreshes; the others are spread over the span, so most of them hear of
     /// its lock, or of its new token, before they look.
     pub(crate) fn shared_schedule(
@@ -170,7 +179,12 @@ impl RefreshPolicy {
         own: f64,
     ) -> Schedule {
         let fleet = self.schedule(obtained, expires, agreed);
-        let span = self.jitter_span(expires.saturating_duration_since(obtained));
+        let stale_window = fleet
+            .usable_until
+            .saturating_duration_since(fleet.refresh_at);
+        let span = self
+            .jitter_span(expires.saturating_duration_since(obtained))
+            .max(stale_window / LOOK_SHARE);
         let refresh_at =
             (fleet.refresh_at + span.mul_f64(own.clamp(0.0, 1.0))).min(fleet.usable_until);
         Schedule {
@@ -351,7 +365,11 @@ mod tests {
         let first = policy.shared_schedule(t0, at(t0, 3600.0), 0.25, 0.0);
         assert_eq!(first, agreed);
         let last = policy.shared_schedule(t0, at(t0, 3600.0), 0.25, 1.0);
-        assert_eq!(last.refresh_at, agreed.refresh_at + Duration::from_secs(60));
+        // a quarter of the stale window (315 s) beats the jitter (60 s)
+        assert_eq!(
+            last.refresh_at,
+            agreed.refresh_at + Duration::from_secs_f64(78.75)
+        );
         assert_eq!(last.usable_until, agreed.usable_until);
         // never past the end of use, even with a policy whose jitter exceeds its lead
         let odd = RefreshPolicy {
