@@ -32,9 +32,10 @@
 //! * **Fresh**: a request costs one [`ArcSwap`](arc_swap::ArcSwapOption) load, one clock
 //!   read and one `HeaderValue` clone (a reference-count increment): no lock, no await,
 //!   no allocation.
-//! * **Stale** (inside the refresh lead, moved earlier by a random jitter so replicas
-//!   spread out): exactly one refresh runs in the background while every caller keeps the
-//!   still-valid token. A failed background refresh never replaces or drops it; it is
+//! * **Stale** (inside the refresh lead, moved earlier by a random jitter so caches
+//!   spread out; a token shared through a [`TokenStore`] has one moment for the whole
+//!   fleet instead, see [`store`](crate::store)): exactly one refresh runs in the
+//!   background while every caller keeps the still-valid token. A failed background refresh never replaces or drops it; it is
 //!   retried after a backoff.
 //! * **Suspect** (the API answered `401` to it): a stale token that a refresh is replacing
 //!   right now; it stays in use until the new one arrives, and stays if that fails (see

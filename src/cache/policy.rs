@@ -31,7 +31,9 @@ pub const DEFAULT_EXPIRY_MARGIN: Duration = Duration::from_secs(30);
 /// Default refresh jitter: the refresh moment is moved earlier by a random amount up to
 /// 60 s, so that many clients or replicas holding tokens of the same age do not all
 /// refresh in the same instant (aws-smithy's lazy cache jitters its buffer the same way).
-/// Scaled down to a fortieth of the lifetime for short tokens.
+/// Scaled down to a fortieth of the lifetime for short tokens. For a token shared through
+/// a store the amount is derived from the token, the same on every replica: the fleet
+/// has one refresh moment, and its replicas spread their looks after it.
 pub const DEFAULT_REFRESH_JITTER: Duration = Duration::from_secs(60);
 
 /// The share of a token's lifetime the refresh lead may take: a tenth. With the margin
@@ -93,7 +95,8 @@ pub struct RefreshPolicy {
     /// the token's lifetime, at least 1 s).
     pub margin: Duration,
     /// The largest random amount by which each refresh moment is moved earlier (at most a
-    /// fortieth of the token's lifetime).
+    /// fortieth of the token's lifetime; for a token shared through a store, an amount
+    /// derived from the token, the same on every replica).
     pub jitter: Duration,
 }
 

@@ -3,7 +3,7 @@
 //! redis-server and the in-process fake, a cold start then steady traffic, counted by the
 //! fake (token requests) and by Redis (`INFO commandstats`). Shared by `tests/fleet.rs`
 //! (counts on a cheap configuration) and `examples/fleet_scale.rs` (the figures of
-//! BENCHMARKS.md, with their verdicts).
+//! BENCHMARKS.md, with their verdicts); `examples/fleet.rs` counts its commands with it.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -88,7 +88,7 @@ impl Figures {
 }
 
 /// Commands counted since the last `CONFIG RESETSTAT`.
-async fn commandstats(admin: &mut redis::aio::MultiplexedConnection) -> Commands {
+pub async fn commandstats(admin: &mut redis::aio::MultiplexedConnection) -> Commands {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(admin)
@@ -116,7 +116,8 @@ async fn commandstats(admin: &mut redis::aio::MultiplexedConnection) -> Commands
     Commands(commands)
 }
 
-async fn reset_stats(admin: &mut redis::aio::MultiplexedConnection) {
+/// Start counting commands from zero.
+pub async fn reset_stats(admin: &mut redis::aio::MultiplexedConnection) {
     let () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
         .query_async(admin)
