@@ -78,6 +78,7 @@ async fn main() -> Result<(), BoxError> {
                 latency: Duration::from_millis(latency_ms),
                 duration: Duration::from_secs(seconds),
                 calls_per_second: rate,
+                store_timeout: docplanner_auth::cache::DEFAULT_STORE_TIMEOUT,
             };
             let f = measure(&redis.url(), scale).await?;
             let per_lifetime = f.commands_per_replica_per_lifetime();

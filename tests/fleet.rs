@@ -492,6 +492,9 @@ async fn a_thousand_replicas_wait_for_the_publication() {
         latency: Duration::from_millis(200),
         duration: Duration::from_secs(8),
         calls_per_second: 20_000,
+        // Counts, not durations: a CI machine starved by the 1,000 replicas of a debug
+        // build must not turn slow answers into store faults.
+        store_timeout: Duration::from_secs(5),
     };
     let f = fleet_scale::measure(&redis.url(), scale).await.unwrap();
     println!(
@@ -509,8 +512,10 @@ async fn a_thousand_replicas_wait_for_the_publication() {
     );
     assert_eq!(f.failed, 0, "no call failed");
     // Cold start: one token request; each replica read the store once (the lock holder
-    // twice), and the waiters got the token in the notice: polling would read it again
-    // every 25, 50, 100… ms while the endpoint takes 200 ms (about 4 reads each).
+    // twice; a few replicas once more, when the notice of the lock they failed to take
+    // took over 250 ms to reach them), and the waiters got the token in the notice:
+    // polling would read it again every 25, 50, 100… ms while the endpoint takes 200 ms
+    // (2 to 3 reads each, measured).
     assert_eq!(f.cold_token_requests, 1);
     let reads = f.cold_commands.get("get");
     assert!(

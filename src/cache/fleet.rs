@@ -174,8 +174,13 @@ impl Fleet {
 
 impl Fleet {
     /// The store's notices for our key, if it pushes them. A store that cannot listen
-    /// right now is polled instead: not a fault (the token is still shared).
+    /// right now is polled instead: not a fault (the token is still shared). A store in a
+    /// fault episode is not asked.
     async fn watch(&self) -> Option<watch::Receiver<Heard>> {
+        // During a store fault episode, do not wait on it once more before the fallback.
+        if !self.healthy.load(Ordering::Relaxed) {
+            return None;
+        }
         match tokio::time::timeout(self.timeout, self.store.watch(self.key.as_str())).await {
             Ok(Ok(heard)) => heard,
             Ok(Err(error)) => {
@@ -267,11 +272,13 @@ impl Fleet {
                 return fetch().await;
             }
             // Wait for a notice: until the lock's end if we heard of it (then its holder
-            // died), else for a poll pause (a holder whose notices we do not hear). A store
-            // that pushes nothing is polled.
-            let (until, poll) = match locked_until {
-                Some(end) => (end.min(give_up), false),
-                None => ((now + pause).min(give_up), true),
+            // died), else for the longest poll pause (the notice of the lock we just
+            // failed to take is on its way; a holder whose notices we do not hear is
+            // polled slowly). A store that pushes nothing is polled.
+            let (until, poll) = match (locked_until, &notices) {
+                (Some(end), _) => (end.min(give_up), false),
+                (None, Some(_)) => ((now + MAX_STORE_POLL).min(give_up), true),
+                (None, None) => ((now + pause).min(give_up), true),
             };
             let mut stored = None;
             let mut look = poll;

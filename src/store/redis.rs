@@ -300,21 +300,20 @@ impl RedisStore {
                 watchers: Arc::default(),
                 alive: Arc::new(AtomicBool::new(true)),
             };
-            let (watchers, alive) = (Arc::clone(&listener.watchers), Arc::clone(&listener.alive));
+            let ended = Ended {
+                watchers: Arc::clone(&listener.watchers),
+                alive: Arc::clone(&listener.alive),
+            };
             drop(tokio::spawn(async move {
                 let mut stream = stream;
                 while let Some(message) = stream.next().await {
                     let Ok(payload) = message.get_payload::<String>() else {
                         continue;
                     };
-                    hear(
-                        &watchers,
-                        message.get_channel_name(),
-                        &Zeroizing::new(payload),
-                    );
+                    let payload = Zeroizing::new(payload);
+                    hear(&ended.watchers, message.get_channel_name(), &payload);
                 }
-                alive.store(false, Ordering::Release);
-                watchers.clear();
+                drop(ended);
             }));
             *slot = Some(listener);
         }
@@ -331,6 +330,21 @@ impl RedisStore {
             }
         }
         Ok(receiver)
+    }
+}
+
+/// The end of a listener's task, however it ends (its connection closed, or its runtime
+/// shut down and dropped it): the listener is dead and its watchers are closed, so the
+/// caches poll meanwhile and the next watch opens a new one.
+struct Ended {
+    watchers: Arc<Watchers>,
+    alive: Arc<AtomicBool>,
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.alive.store(false, Ordering::Release);
+        self.watchers.clear();
     }
 }
 
