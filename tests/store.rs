@@ -15,6 +15,9 @@ use http_body_util::Full;
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
 
+#[path = "support/notices.rs"]
+mod notices;
+
 fn caches(
     fake: &FakeDocplanner,
     store: impl TokenStore + Clone,
@@ -224,4 +227,10 @@ async fn a_fleet_refreshes_when_one_cache_would() {
         alone.len()
     );
     assert!(fleet.len() as f64 <= 1.25 * f64::from(lifetimes) + 1.0);
+}
+
+#[tokio::test]
+async fn a_memory_store_pushes_its_notices() {
+    let store = MemoryStore::new();
+    notices::notices_follow_the_lock_and_the_token(&store, "notices").await;
 }
