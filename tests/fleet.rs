@@ -27,8 +27,6 @@ use tower::{Layer, Service, ServiceExt};
 #[path = "support/redis_server.rs"]
 mod redis_server;
 use redis_server::RedisServer;
-#[path = "support/fleet_scale.rs"]
-mod fleet_scale;
 #[path = "support/notices.rs"]
 mod notices;
 
@@ -475,71 +473,6 @@ async fn two_client_ids_never_see_each_others_tokens() {
     expected.sort();
     assert_eq!(keys, expected, "the two tokens, nothing else");
     let _ = StoreKey::custom("unused");
-}
-
-/// 1,000 replicas (own cache, own two Redis connections each) on a 200 ms token endpoint,
-/// 4 s tokens, a cold start then 8 s of steady traffic, counted by the fake and by Redis's
-/// `INFO commandstats` (the figures of BENCHMARKS.md come from
-/// `examples/fleet_scale.rs`, on the same measurement). Replicas that find the lock taken
-/// wait for its holder's notice instead of polling the store or competing for the lock.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_replicas_wait_for_the_publication() {
-    let Some(redis) = RedisServer::start("a_thousand_replicas_wait_for_the_publication") else {
-        return;
-    };
-    let replicas = 1000;
-    let scale = fleet_scale::Scale {
-        replicas,
-        lifetime: Duration::from_secs(4),
-        latency: Duration::from_millis(200),
-        duration: Duration::from_secs(8),
-        calls_per_second: 20_000,
-        // Counts, not durations: a CI machine starved by the 1,000 replicas of a debug
-        // build must not turn slow answers into store faults.
-        store_timeout: Duration::from_secs(5),
-    };
-    let f = fleet_scale::measure(&redis.url(), scale).await.unwrap();
-    println!(
-        "1000 replicas, 200 ms endpoint: cold start {:?}, {} token request(s), commands {:?}; \
-         steady: {} calls, {} failed, {} token requests, {:.3} commands per replica per \
-         lifetime, {:?}",
-        f.cold_start,
-        f.cold_token_requests,
-        f.cold_commands,
-        f.calls,
-        f.failed,
-        f.token_requests,
-        f.commands_per_replica_per_lifetime(),
-        f.commands
-    );
-    assert_eq!(f.failed, 0, "no call failed");
-    // Cold start: one token request; each replica read the store once (the lock holder
-    // twice; a few replicas once more, when the notice of the lock they failed to take
-    // took over 250 ms to reach them), and the waiters got the token in the notice:
-    // polling would read it again every 25, 50, 100… ms while the endpoint takes 200 ms
-    // (2 to 3 reads each, measured).
-    assert_eq!(f.cold_token_requests, 1);
-    let reads = f.cold_commands.get("get");
-    assert!(
-        reads <= replicas as u64 * 6 / 5,
-        "{reads} reads of the store"
-    );
-    // Steady: one token request per refresh moment (a 4 s token is renewed 0.9 s to 1.1 s
-    // after issue), a replica that heard of a live lock does not try it (at most 10 % of
-    // the replicas per refresh look before the notice reaches them), and at most 4 Redis
-    // commands per replica per token lifetime.
-    assert!(
-        f.token_requests <= 10,
-        "{} token requests",
-        f.token_requests
-    );
-    let failed_locks = f.commands.failed_locks();
-    assert!(
-        failed_locks <= f.token_requests * replicas as u64 / 10,
-        "{failed_locks} failed lock attempts for {} refreshes",
-        f.token_requests
-    );
-    assert!(f.commands_per_replica_per_lifetime() <= 4.0);
 }
 
 /// A `RedisStore` announces the lock, the token (in the message) and the release on its
