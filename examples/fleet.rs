@@ -2,8 +2,10 @@
 //!
 //! Starts a fake Docplanner and a local `redis-server` on a free port (or uses `REDIS_URL`),
 //! runs 8 replicas (each its own `TokenCache` with its own Redis connection) sending
-//! requests concurrently across a token rollover and a revocation, and ends with one line:
-//! `fleet: replicas=<n> requests=<m> ok=<m> token_fetches=<k>`.
+//! requests concurrently across a token rollover and a revocation, prints the Redis
+//! commands per replica per token lifetime (as Redis counts them in `INFO commandstats`),
+//! and ends with one line: `fleet: replicas=<n> requests=<m> ok=<m> token_fetches=<k>`.
+//! `examples/fleet_scale.rs` is the same at 1,000 replicas.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -18,7 +20,12 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use tower::{Layer, ServiceExt};
 
+#[path = "../tests/support/fleet_scale.rs"]
+mod fleet_scale;
+
 const REPLICAS: usize = 8;
+/// The tokens' lifetime: 10 s, so that a rollover happens during the run.
+const LIFETIME: Duration = Duration::from_secs(10);
 
 /// A redis-server of our own, stopped on drop.
 struct LocalRedis(Child);
@@ -66,10 +73,14 @@ fn redis_url() -> Result<(String, Option<LocalRedis>), BoxError> {
 async fn main() -> Result<(), BoxError> {
     let (url, _local) = redis_url()?;
     println!("Redis at {}", url.split('@').next_back().unwrap_or(&url));
-    // 10 s tokens, so that a rollover happens during the run.
     let fake = FakeDocplanner::builder()
-        .token_lifetime(Duration::from_secs(10))
+        .token_lifetime(LIFETIME)
         .in_process();
+    let mut admin = redis::Client::open(url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    fleet_scale::reset_stats(&mut admin).await;
+    let started = tokio::time::Instant::now();
     let mut replicas = Vec::new();
     for i in 0..REPLICAS {
         let credentials = fake.credentials()?;
@@ -108,6 +119,13 @@ async fn main() -> Result<(), BoxError> {
     }
     let adopted: u64 = replicas.iter().map(|r| r.0.stats().store_adoptions).sum();
     println!("tokens adopted from Redis instead of fetched: {adopted}");
+    let commands = fleet_scale::commandstats(&mut admin).await;
+    let lifetimes = started.elapsed().as_secs_f64() / LIFETIME.as_secs_f64();
+    println!(
+        "Redis commands: {} in {lifetimes:.2} token lifetimes, {:.2} per replica per lifetime",
+        commands.total(),
+        commands.total() as f64 / REPLICAS as f64 / lifetimes
+    );
     println!(
         "fleet: replicas={REPLICAS} requests={requests} ok={ok} token_fetches={}",
         fake.stats().token_requests

@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use docplanner_auth::store::{RedisStore, StoreKey};
+use docplanner_auth::store::{RedisStore, StoreKey, TokenStore};
 use docplanner_auth::testing::{FakeBody, FakeDocplanner, FakeService};
 use docplanner_auth::{BearerAuth, BoxError, ReplayBody, TokenCache};
 use futures_util::future::join_all;
@@ -27,6 +27,8 @@ use tower::{Layer, Service, ServiceExt};
 #[path = "support/redis_server.rs"]
 mod redis_server;
 use redis_server::RedisServer;
+#[path = "support/notices.rs"]
+mod notices;
 
 /// The fake, under one replica's layer, counting the `401`s it answers that replica.
 #[derive(Clone)]
@@ -471,4 +473,19 @@ async fn two_client_ids_never_see_each_others_tokens() {
     expected.sort();
     assert_eq!(keys, expected, "the two tokens, nothing else");
     let _ = StoreKey::custom("unused");
+}
+
+/// A `RedisStore` announces the lock, the token (in the message) and the release on its
+/// notice channel, and hears them on its own pub/sub connection; one on the
+/// application's connection does not listen (its waiting replicas poll).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_store_pushes_its_notices() {
+    let Some(redis) = RedisServer::start("a_redis_store_pushes_its_notices") else {
+        return;
+    };
+    let store = RedisStore::open(&redis.url()).unwrap();
+    notices::notices_follow_the_lock_and_the_token(&store, "notices").await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let own = RedisStore::with_connection(client.get_multiplexed_async_connection().await.unwrap());
+    assert!(own.watch("notices").await.unwrap().is_none());
 }

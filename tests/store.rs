@@ -2,17 +2,21 @@
 //! `MemoryStore`, and a store that fails or hangs, which must never fail a request.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use docplanner_auth::store::{MemoryStore, SharedToken, StoreFuture, TokenStore};
+use docplanner_auth::store::{MemoryStore, SharedToken, StoreFuture, StoreKey, TokenStore};
 use docplanner_auth::testing::{FakeDocplanner, FakeService};
-use docplanner_auth::{BearerAuth, TokenCache};
+use docplanner_auth::{AccessToken, BearerAuth, BoxError, TokenCache};
 use futures_util::future::join_all;
 use http::{Request, StatusCode};
 use http_body_util::Full;
+use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
+
+#[path = "support/notices.rs"]
+mod notices;
 
 fn caches(
     fake: &FakeDocplanner,
@@ -138,4 +142,95 @@ async fn a_failing_or_hanging_store_never_fails_a_request() {
 fn the_store_trait_is_object_safe() {
     let store: Arc<dyn TokenStore> = Arc::new(MemoryStore::new());
     let _ = store;
+}
+
+/// Token requests of `replicas` caches sharing `store` (or one cache alone, without a
+/// store) under steady traffic for `lifetimes` lifetimes of 60 s tokens named by a
+/// counter, on a paused clock: when each token request was made.
+async fn refresh_moments(
+    replicas: usize,
+    store: Option<MemoryStore>,
+    lifetimes: u32,
+) -> Vec<Instant> {
+    let lifetime = Duration::from_secs(60);
+    let moments = Arc::new(Mutex::new(Vec::new()));
+    let source = {
+        let moments = Arc::clone(&moments);
+        move || {
+            let moments = Arc::clone(&moments);
+            async move {
+                let mut moments = moments.lock().unwrap();
+                moments.push(Instant::now());
+                Ok::<_, BoxError>(AccessToken::new(
+                    format!("tok-{}", moments.len()),
+                    lifetime,
+                )?)
+            }
+        }
+    };
+    let caches: Vec<_> = (0..replicas)
+        .map(|_| {
+            let builder = TokenCache::builder(source.clone());
+            match &store {
+                Some(store) => builder.store(store.clone(), StoreKey::custom("schedule")),
+                None => builder,
+            }
+            .build()
+        })
+        .collect();
+    // Every replica asks for a token every 250 ms, the replicas evenly staggered.
+    let step = Duration::from_millis(250);
+    let end = Instant::now() + lifetime * lifetimes;
+    while Instant::now() < end {
+        for cache in &caches {
+            cache.token().await.unwrap();
+            tokio::time::sleep(step / replicas as u32).await;
+        }
+    }
+    let moments = moments.lock().unwrap().clone();
+    moments
+}
+
+/// The mean time between two token requests.
+fn mean_interval(moments: &[Instant]) -> f64 {
+    let span = *moments.last().unwrap() - moments[0];
+    span.as_secs_f64() / (moments.len() - 1) as f64
+}
+
+/// Twenty replicas sharing a store refresh a 60 s token when one cache would: they agree
+/// on one refresh moment per token, in the jitter span (lead 6 s, jitter 1.5 s: the
+/// moment is 49.5 s to 51 s after issue, 50.25 s on average), not at the moment of the
+/// replica whose own jitter is the largest (49.57 s on average for twenty: the fleet then
+/// refreshes more often than any of its members). So the fleet makes no more token
+/// requests than one cache does.
+#[tokio::test(start_paused = true)]
+async fn a_fleet_refreshes_when_one_cache_would() {
+    let lifetimes = 60;
+    let fleet = refresh_moments(20, Some(MemoryStore::new()), lifetimes).await;
+    let alone = refresh_moments(1, None, lifetimes).await;
+    let (fleet_mean, alone_mean) = (mean_interval(&fleet), mean_interval(&alone));
+    println!(
+        "60 s tokens, {lifetimes} lifetimes: 20 replicas made {} token requests (one every \
+         {fleet_mean:.2} s), one cache {} (one every {alone_mean:.2} s)",
+        fleet.len(),
+        alone.len()
+    );
+    // 50.25 s expected, its standard error 0.06 s; the earliest replica's moment: 49.57 s
+    assert!(
+        fleet_mean >= 50.0,
+        "the fleet refreshed every {fleet_mean:.2} s"
+    );
+    assert!(
+        fleet.len() <= alone.len() + 1,
+        "{} > {}",
+        fleet.len(),
+        alone.len()
+    );
+    assert!(fleet.len() as f64 <= 1.25 * f64::from(lifetimes) + 1.0);
+}
+
+#[tokio::test]
+async fn a_memory_store_pushes_its_notices() {
+    let store = MemoryStore::new();
+    notices::notices_follow_the_lock_and_the_token(&store, "notices").await;
 }

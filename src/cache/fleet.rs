@@ -1,5 +1,7 @@
 //! Refreshing through a shared [`TokenStore`]: adopt a newer token, or take the lock and
-//! fetch, or wait for the replica that holds it. Store faults fall back to fetching alone.
+//! fetch, or wait for the replica that holds it (woken by the store's notices, or
+//! polling a store that pushes none), and the refresh moment the whole fleet agrees on.
+//! Store faults fall back to fetching alone.
 
 use std::fmt;
 use std::future::Future;
@@ -11,15 +13,17 @@ use tokio::time::Instant;
 
 use super::observe::Observer;
 use crate::error::{BoxError, Error, Kind};
-use crate::store::{SharedToken, StoreKey, TokenStore};
+use tokio::sync::watch;
+
+use crate::store::{Heard, SharedToken, StoreKey, TokenStore};
 use crate::token::AccessToken;
 
 /// Default timeout of each store operation: 500 ms. A healthy Redis answers in well under
 /// a millisecond; past half a second the cache stops waiting and fetches on its own.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// The first pause between two looks at the store while another replica refreshes; it
-/// doubles up to [`MAX_STORE_POLL`].
+/// The first pause between two looks at a store that pushes no notices while another
+/// replica refreshes; it doubles up to [`MAX_STORE_POLL`].
 const FIRST_STORE_POLL: Duration = Duration::from_millis(25);
 /// The longest pause between two looks at the store while waiting.
 const MAX_STORE_POLL: Duration = Duration::from_millis(250);
@@ -59,6 +63,26 @@ impl Fleet {
     /// fetching.
     pub(super) fn budget(&self) -> Duration {
         self.lock_ttl
+    }
+
+    /// The fraction of the jitter span at which the whole fleet refreshes `token`: a hash
+    /// of the store key and the token string, which every replica sees identically (a
+    /// time converted between clocks would differ by a millisecond here and there).
+    pub(super) fn agreed_fraction(&self, token: &AccessToken) -> f64 {
+        // FNV-1a, 64 bits: stable across processes and versions; not a secret (it
+        // places a moment inside the jitter span, nothing more).
+        let mut hash: u64 = 0xcbf29ce484222325;
+        for byte in self
+            .key
+            .as_str()
+            .bytes()
+            .chain([0])
+            .chain(token.secret().bytes())
+        {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x100000001b3);
+        }
+        (hash >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// One store operation, with its timeout. A fault is logged once per episode and
@@ -149,9 +173,35 @@ impl Fleet {
 }
 
 impl Fleet {
+    /// The store's notices for our key, if it pushes them. A store that cannot listen
+    /// right now is polled instead: not a fault (the token is still shared). A store in a
+    /// fault episode is not asked.
+    async fn watch(&self) -> Option<watch::Receiver<Heard>> {
+        // During a store fault episode, do not wait on it once more before the fallback.
+        if !self.healthy.load(Ordering::Relaxed) {
+            return None;
+        }
+        match tokio::time::timeout(self.timeout, self.store.watch(self.key.as_str())).await {
+            Ok(Ok(heard)) => heard,
+            Ok(Err(error)) => {
+                tracing::debug!(error = %error, "the token store cannot push notices now; polling it");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("the token store took too long to listen; polling it");
+                None
+            }
+        }
+    }
+
     /// A new token: from the store if a replica has one, else fetched with `fetch` (by us,
     /// holding the store's lock, or alone if the store fails). `usable` says whether a
     /// stored token may still be sent.
+    ///
+    /// With a store that pushes notices, a replica that hears of a live lock waits for the
+    /// publication and adopts the token from the notice, without reading the store; it
+    /// tries the lock again only when the lock is released without a token or when its
+    /// TTL says the holder died.
     pub(super) async fn obtain<F: Future<Output = Result<AccessToken, Error>>>(
         &self,
         observer: &Observer,
@@ -169,55 +219,29 @@ impl Fleet {
             observer.adopted();
             Some(token)
         };
-        match self.load(observer).await {
-            Err(()) => return fetch().await,
-            Ok(Some(stored)) if known.is_rejected(&stored) => {
-                // Drop it fleet-wide, unless another replica replaced it meanwhile.
-                let invalidate = self.store.invalidate(key, &stored);
-                let _ = self
-                    .call(observer, "invalidate the token", invalidate)
-                    .await;
-            }
-            Ok(Some(stored)) => {
-                if let Some(token) = adoptable(&stored) {
-                    return Ok(token);
-                }
-            }
-            Ok(None) => {}
+        // Listen first, then look: a publication from here on is heard.
+        let mut notices = self.watch().await;
+        let heard = notices.as_ref().map(|n| n.borrow().clone());
+        if let Some(token) = heard
+            .as_ref()
+            .and_then(|h| h.token.as_ref())
+            .and_then(&adoptable)
+        {
+            return Ok(token);
         }
-        let give_up = Instant::now() + self.lock_ttl;
-        let mut pause = FIRST_STORE_POLL;
-        loop {
-            let lock = self.store.try_lock(key, &self.owner, self.lock_ttl);
-            match self.call(observer, "take the refresh lock", lock).await {
-                Err(()) => return fetch().await,
-                Ok(true) => {
-                    // The replica that held the lock may have published just before we
-                    // took it: look once more before fetching.
-                    let published = self.load(observer).await.ok().flatten();
-                    if let Some(token) = published.and_then(|s| adoptable(&s)) {
-                        self.release(observer).await;
-                        return Ok(token);
-                    }
-                    let result = fetch().await;
-                    if let Ok(token) = &result {
-                        let shared = SharedToken::from_token(token);
-                        let publish = self.store.publish(key, &shared);
-                        let _ = self.call(observer, "publish the token", publish).await;
-                    }
-                    self.release(observer).await;
-                    return result;
-                }
-                Ok(false) => {}
-            }
-            if Instant::now() >= give_up {
-                tracing::warn!("no token from the replica refreshing it; fetching alone");
-                return fetch().await;
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(MAX_STORE_POLL);
+        // Whatever was published since the store started listening has been heard; only
+        // a store we never heard a token from, or a token to invalidate, needs a read.
+        let heard_a_token = heard.as_ref().is_some_and(|h| h.token.is_some());
+        if !heard_a_token || known.rejected.is_some() {
             match self.load(observer).await {
                 Err(()) => return fetch().await,
+                Ok(Some(stored)) if known.is_rejected(&stored) => {
+                    // Drop it fleet-wide, unless another replica replaced it meanwhile.
+                    let invalidate = self.store.invalidate(key, &stored);
+                    let _ = self
+                        .call(observer, "invalidate the token", invalidate)
+                        .await;
+                }
                 Ok(Some(stored)) => {
                     if let Some(token) = adoptable(&stored) {
                         return Ok(token);
@@ -226,5 +250,84 @@ impl Fleet {
                 Ok(None) => {}
             }
         }
+        let give_up = Instant::now() + self.lock_ttl;
+        let mut pause = FIRST_STORE_POLL;
+        loop {
+            // Heard of a live lock: wait for its holder, do not compete with it.
+            let locked_until = notices
+                .as_ref()
+                .and_then(|n| n.borrow().locked_until)
+                .filter(|until| *until > Instant::now());
+            if locked_until.is_none() {
+                let lock = self.store.try_lock(key, &self.owner, self.lock_ttl);
+                match self.call(observer, "take the refresh lock", lock).await {
+                    Err(()) => return fetch().await,
+                    Ok(true) => return self.refresh(observer, &adoptable, &fetch).await,
+                    Ok(false) => {}
+                }
+            }
+            let now = Instant::now();
+            if now >= give_up {
+                tracing::warn!("no token from the replica refreshing it; fetching alone");
+                return fetch().await;
+            }
+            // Wait for a notice: until the lock's end if we heard of it (then its holder
+            // died), else for the longest poll pause (the notice of the lock we just
+            // failed to take is on its way; a holder whose notices we do not hear is
+            // polled slowly). A store that pushes nothing is polled.
+            let (until, poll) = match (locked_until, &notices) {
+                (Some(end), _) => (end.min(give_up), false),
+                (None, Some(_)) => ((now + MAX_STORE_POLL).min(give_up), true),
+                (None, None) => ((now + pause).min(give_up), true),
+            };
+            let mut stored = None;
+            let mut look = poll;
+            if let Some(receiver) = notices.as_mut() {
+                match tokio::time::timeout_at(until, receiver.changed()).await {
+                    Ok(Ok(())) => {
+                        stored = receiver.borrow_and_update().token.clone();
+                        look = false;
+                    }
+                    // The store stopped listening: poll from now on.
+                    Ok(Err(_)) => notices = None,
+                    Err(_) => {}
+                }
+            } else {
+                tokio::time::sleep_until(until).await;
+            }
+            if look {
+                pause = (pause * 2).min(MAX_STORE_POLL);
+                match self.load(observer).await {
+                    Err(()) => return fetch().await,
+                    Ok(found) => stored = found,
+                }
+            }
+            if let Some(token) = stored.as_ref().and_then(&adoptable) {
+                return Ok(token);
+            }
+        }
+    }
+
+    /// Holding the lock: adopt what its previous holder may have published just before
+    /// we took it, or fetch and publish; then release it.
+    async fn refresh<F: Future<Output = Result<AccessToken, Error>>>(
+        &self,
+        observer: &Observer,
+        adoptable: impl Fn(&SharedToken) -> Option<AccessToken>,
+        fetch: impl Fn() -> F,
+    ) -> Result<AccessToken, Error> {
+        let published = self.load(observer).await.ok().flatten();
+        if let Some(token) = published.and_then(|s| adoptable(&s)) {
+            self.release(observer).await;
+            return Ok(token);
+        }
+        let result = fetch().await;
+        if let Ok(token) = &result {
+            let shared = SharedToken::from_token(token);
+            let publish = self.store.publish(self.key.as_str(), &shared);
+            let _ = self.call(observer, "publish the token", publish).await;
+        }
+        self.release(observer).await;
+        result
     }
 }

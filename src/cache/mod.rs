@@ -32,9 +32,10 @@
 //! * **Fresh**: a request costs one [`ArcSwap`](arc_swap::ArcSwapOption) load, one clock
 //!   read and one `HeaderValue` clone (a reference-count increment): no lock, no await,
 //!   no allocation.
-//! * **Stale** (inside the refresh lead, moved earlier by a random jitter so replicas
-//!   spread out): exactly one refresh runs in the background while every caller keeps the
-//!   still-valid token. A failed background refresh never replaces or drops it; it is
+//! * **Stale** (inside the refresh lead, moved earlier by a random jitter so caches
+//!   spread out; a token shared through a [`TokenStore`] has one moment for the whole
+//!   fleet instead, see [`store`](crate::store)): exactly one refresh runs in the
+//!   background while every caller keeps the still-valid token. A failed background refresh never replaces or drops it; it is
 //!   retried after a backoff.
 //! * **Suspect** (the API answered `401` to it): a stale token that a refresh is replacing
 //!   right now; it stays in use until the new one arrives, and stays if that fails (see
@@ -567,10 +568,16 @@ impl Shared {
         {
             token.set_id(id);
         }
-        let schedule =
-            self.config
-                .policy
-                .schedule(token.obtained(), token.expires_at(), fastrand::f64());
+        let policy = self.config.policy;
+        let (obtained, expires) = (token.obtained(), token.expires_at());
+        let schedule = match &self.fleet {
+            // One refresh moment for the whole fleet (see `Fleet::agreed_fraction`).
+            Some(fleet) => {
+                let agreed = fleet.agreed_fraction(&token);
+                policy.shared_schedule(obtained, expires, agreed, fastrand::f64())
+            }
+            None => policy.schedule(obtained, expires, fastrand::f64()),
+        };
         if schedule.freshness(now) == Freshness::Expired {
             let error = Error::new(
                 Kind::InvalidResponse,

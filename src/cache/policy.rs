@@ -31,7 +31,9 @@ pub const DEFAULT_EXPIRY_MARGIN: Duration = Duration::from_secs(30);
 /// Default refresh jitter: the refresh moment is moved earlier by a random amount up to
 /// 60 s, so that many clients or replicas holding tokens of the same age do not all
 /// refresh in the same instant (aws-smithy's lazy cache jitters its buffer the same way).
-/// Scaled down to a fortieth of the lifetime for short tokens.
+/// Scaled down to a fortieth of the lifetime for short tokens. For a token shared through
+/// a store the amount is derived from the token, the same on every replica: the fleet
+/// has one refresh moment, and its replicas spread their looks after it.
 pub const DEFAULT_REFRESH_JITTER: Duration = Duration::from_secs(60);
 
 /// The share of a token's lifetime the refresh lead may take: a tenth. With the margin
@@ -53,6 +55,14 @@ const EXPIRY_GRANULARITY: Duration = Duration::from_secs(1);
 
 /// The share of a token's lifetime the jitter may take: a fortieth.
 const JITTER_SHARE: u32 = 40;
+
+/// The share of the stale window over which the replicas of a fleet spread their first
+/// look at the store after the refresh moment they agree on (when it is longer than the
+/// jitter): a quarter. The first replica refreshes at that moment; the others look later
+/// and most of them have heard of its lock or its token by then (a notice takes a round
+/// trip, more on a loaded machine), while three quarters of the window remain for the
+/// retries of a failing endpoint.
+const LOOK_SHARE: u32 = 4;
 
 /// The three states of a cached token at a given instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +95,8 @@ pub struct RefreshPolicy {
     /// the token's lifetime, at least 1 s).
     pub margin: Duration,
     /// The largest random amount by which each refresh moment is moved earlier (at most a
-    /// fortieth of the token's lifetime).
+    /// fortieth of the token's lifetime; for a token shared through a store, an amount
+    /// derived from the token, the same on every replica).
     pub jitter: Duration,
 }
 
@@ -137,8 +148,7 @@ impl RefreshPolicy {
             .min((lifetime / LEAD_SHARE).max(MIN_LEAD))
             .min(half);
         let jitter = self
-            .jitter
-            .min(lifetime / JITTER_SHARE)
+            .jitter_span(lifetime)
             .mul_f64(jitter_fraction.clamp(0.0, 1.0));
         let usable_until = expires - margin;
         let usable_span = usable_until.saturating_duration_since(obtained);
@@ -146,6 +156,43 @@ impl RefreshPolicy {
         Schedule {
             refresh_at,
             usable_until,
+        }
+    }
+}
+
+impl RefreshPolicy {
+    /// The jitter of a token of `lifetime`: at most a fortieth of it.
+    fn jitter_span(&self, lifetime: Duration) -> Duration {
+        self.jitter.min(lifetime / JITTER_SHARE)
+    }
+
+    /// The schedule of a token shared by a fleet through a store. Every replica computes
+    /// the same refresh moment from `agreed` (a fraction derived from the token itself),
+    /// so the fleet refreshes when one cache would, not at its earliest replica's moment;
+    /// this replica then turns stale at the point `own` (its random fraction) of a span
+    /// after that moment (the jitter, or a quarter of the stale window if that is longer),
+    /// never past `usable_until`. The first replica to
+    /// turn stale refreshes; the others are spread over the span, so most of them hear of
+    /// its lock, or of its new token, before they look.
+    pub(crate) fn shared_schedule(
+        &self,
+        obtained: Instant,
+        expires: Instant,
+        agreed: f64,
+        own: f64,
+    ) -> Schedule {
+        let fleet = self.schedule(obtained, expires, agreed);
+        let stale_window = fleet
+            .usable_until
+            .saturating_duration_since(fleet.refresh_at);
+        let span = self
+            .jitter_span(expires.saturating_duration_since(obtained))
+            .max(stale_window / LOOK_SHARE);
+        let refresh_at =
+            (fleet.refresh_at + span.mul_f64(own.clamp(0.0, 1.0))).min(fleet.usable_until);
+        Schedule {
+            refresh_at,
+            ..fleet
         }
     }
 }
@@ -310,6 +357,30 @@ mod tests {
         let s = RefreshPolicy::default().schedule(t0, at(t0, 1.0), 0.0);
         assert_eq!(s.usable_until, at(t0, 0.5));
         assert_eq!(s.refresh_at, t0);
+    }
+
+    #[test]
+    fn a_shared_token_has_one_refresh_moment_and_a_spread_of_looks() {
+        let t0 = Instant::now();
+        let policy = RefreshPolicy::default();
+        let agreed = policy.schedule(t0, at(t0, 3600.0), 0.25);
+        // the agreed moment whatever the replica's own fraction, then up to the span later
+        let first = policy.shared_schedule(t0, at(t0, 3600.0), 0.25, 0.0);
+        assert_eq!(first, agreed);
+        let last = policy.shared_schedule(t0, at(t0, 3600.0), 0.25, 1.0);
+        // a quarter of the stale window (315 s) beats the jitter (60 s)
+        assert_eq!(
+            last.refresh_at,
+            agreed.refresh_at + Duration::from_secs_f64(78.75)
+        );
+        assert_eq!(last.usable_until, agreed.usable_until);
+        // never past the end of use, even with a policy whose jitter exceeds its lead
+        let odd = RefreshPolicy {
+            lead: Duration::ZERO,
+            ..policy
+        };
+        let s = odd.shared_schedule(t0, at(t0, 3600.0), 0.0, 1.0);
+        assert_eq!(s.refresh_at, s.usable_until);
     }
 
     /// The stale window (refresh moment to end of use) of the default policy, for the worst

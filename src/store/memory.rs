@@ -7,14 +7,18 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::{unix_ms, SharedToken, StoreFuture, TokenStore};
+use tokio::sync::watch;
+
+use super::{unix_ms, Heard, SharedToken, StoreFuture, TokenStore, Watchers};
 
 /// An in-process [`TokenStore`]: several [`TokenCache`](crate::TokenCache)s (for example
 /// one per worker or per tenant runtime) share one token and one refresh. Cheap to clone;
-/// clones are the same store.
+/// clones are the same store. It pushes notices ([`TokenStore::watch`]): a cache waiting
+/// for another one's refresh is woken by the publication.
 #[derive(Clone, Default)]
 pub struct MemoryStore {
     inner: Arc<Mutex<State>>,
+    watchers: Arc<Watchers>,
 }
 
 #[derive(Default)]
@@ -51,6 +55,8 @@ impl TokenStore for MemoryStore {
 
     fn publish<'a>(&'a self, key: &'a str, token: &'a SharedToken) -> StoreFuture<'a, ()> {
         self.state().tokens.insert(key.to_owned(), token.clone());
+        self.watchers
+            .heard(key, |heard| heard.token = Some(token.clone()));
         Box::pin(async { Ok(()) })
     }
 
@@ -67,6 +73,8 @@ impl TokenStore for MemoryStore {
             state
                 .locks
                 .insert(key.to_owned(), (owner.to_owned(), now + ttl));
+            self.watchers
+                .heard(key, |heard| heard.locked_until = Some(now + ttl));
         }
         Box::pin(async move { Ok(free) })
     }
@@ -79,6 +87,7 @@ impl TokenStore for MemoryStore {
             .is_some_and(|(holder, _)| holder == owner)
         {
             state.locks.remove(key);
+            self.watchers.heard(key, |heard| heard.locked_until = None);
         }
         Box::pin(async { Ok(()) })
     }
@@ -90,6 +99,29 @@ impl TokenStore for MemoryStore {
             state.tokens.remove(key);
         }
         Box::pin(async move { Ok(same) })
+    }
+
+    fn watch<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<watch::Receiver<Heard>>> {
+        // Under the state lock, so that what it says matches the state from the start.
+        let state = self.state();
+        let (receiver, created) = self.watchers.subscribe(key);
+        if created {
+            let now = Instant::now();
+            let token = state.tokens.get(key).cloned();
+            let locked_until = state
+                .locks
+                .get(key)
+                .map(|(_, until)| *until)
+                .filter(|until| *until > now);
+            self.watchers.heard(key, |heard| {
+                heard.token = token;
+                heard.locked_until = locked_until;
+            });
+        }
+        drop(state);
+        let mut receiver = receiver;
+        receiver.borrow_and_update();
+        Box::pin(async move { Ok(Some(receiver)) })
     }
 }
 

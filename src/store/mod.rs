@@ -8,11 +8,21 @@
 //!
 //! 1. a newer token in the store is adopted (no token request);
 //! 2. otherwise the cache takes the store's refresh lock, fetches, publishes the token and
-//!    releases the lock; replicas that lost the race poll the store (a few times a second,
-//!    for a bounded time) and adopt the winner's token; past the bound, or if the lock
-//!    holder died and its lock expired, one of them takes the lock and fetches;
+//!    releases the lock; replicas that find the lock taken wait for the publication
+//!    instead of competing for it: a store that pushes notices ([`TokenStore::watch`]:
+//!    [`MemoryStore`], and [`RedisStore`] through Redis pub/sub) wakes them with the new
+//!    token in the message, so they adopt it without reading the store, and they try
+//!    the lock again only when it is released without a token or when its TTL says its
+//!    holder died; a store that pushes nothing is polled (a few times a second, for a
+//!    bounded time). Past the bound, one of them fetches alone;
 //! 3. a 401 deletes the rejected token from the store, but only if it is still the one
 //!    stored (compare-and-delete), so a burst of 401s across the fleet makes one refresh.
+//!
+//! Every replica computes the same refresh moment for a shared token (derived from the
+//! store key and the token itself), so the fleet refreshes when one cache would, not at
+//! its earliest replica's moment; each replica then looks at a random point of the
+//! jitter span after that moment, so that the first one takes the lock and the others
+//! hear about it before they turn stale.
 //!
 //! A store fault (down, slow, flushed) never fails a request: the cache falls back to
 //! fetching on its own and logs the fault once per episode.
@@ -46,11 +56,14 @@ mod memory;
 #[cfg(feature = "redis")]
 mod redis;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
@@ -89,10 +102,99 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Delete the token under `key` if it is still `token` (compare-and-delete). Returns
     /// whether it was deleted.
     fn invalidate<'a>(&'a self, key: &'a str, token: &'a SharedToken) -> StoreFuture<'a, bool>;
+
+    /// What happens under `key`, pushed by the store as it happens: a receiver whose value
+    /// is what has been [`Heard`] so far, and which changes when a token is published
+    /// under `key`, when its refresh lock is taken, and when the lock is released.
+    ///
+    /// A cache that finds the lock taken waits on this instead of polling the store. The
+    /// receiver must be returned only once the store listens (so that a publication after
+    /// this call is never missed), with the current value already seen; a store that stops
+    /// listening (a lost connection) closes it (drops the sender), and the cache falls
+    /// back to polling.
+    ///
+    /// The default, `Ok(None)`: the store pushes nothing, and waiting caches poll it.
+    fn watch<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<watch::Receiver<Heard>>> {
+        let _ = key;
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// What a cache heard from its store about one key (see [`TokenStore::watch`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Heard {
+    /// The last token published under the key since the store started listening.
+    pub token: Option<SharedToken>,
+    /// Until when the refresh lock is held by the replica that took it last (on this
+    /// process's clock), or `None` if it was released.
+    pub locked_until: Option<Instant>,
+}
+
+impl Heard {
+    /// Whether a replica holds the refresh lock at `now`.
+    pub fn is_locked(&self, now: Instant) -> bool {
+        self.locked_until.is_some_and(|until| until > now)
+    }
+}
+
+/// The senders of the stores that push notices: one watch channel per key (or per
+/// channel name), created on first interest.
+#[derive(Default)]
+pub(crate) struct Watchers {
+    senders: Mutex<HashMap<String, watch::Sender<Heard>>>,
+}
+
+impl Watchers {
+    /// A receiver for `name`, its current value seen. `created` is told whether the
+    /// channel is new (the store must start listening to it before returning).
+    pub(crate) fn subscribe(&self, name: &str) -> (watch::Receiver<Heard>, bool) {
+        let mut senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
+        match senders.get(name) {
+            Some(sender) => (sender.subscribe(), false),
+            None => {
+                let (sender, receiver) = watch::channel(Heard::default());
+                senders.insert(name.to_owned(), sender);
+                (receiver, true)
+            }
+        }
+    }
+
+    /// Forget `name` (its listening failed): its receivers see the channel closed.
+    pub(crate) fn forget(&self, name: &str) {
+        let mut senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
+        senders.remove(name);
+    }
+
+    /// Forget every channel (the store stopped listening).
+    pub(crate) fn clear(&self) {
+        let mut senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
+        senders.clear();
+    }
+
+    /// Tell the caches watching `name` what happened.
+    pub(crate) fn heard(&self, name: &str, change: impl FnOnce(&mut Heard)) {
+        let senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sender) = senders.get(name) {
+            sender.send_modify(change);
+        }
+    }
+}
+
+impl fmt::Debug for Watchers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
+        f.debug_struct("Watchers")
+            .field("keys", &senders.len())
+            .finish()
+    }
 }
 
 /// A token as a store keeps it: the token string and when it was issued and expires, as
 /// Unix times in milliseconds (replicas share wall-clock time, not monotonic instants).
+/// A token shared inside one process (a [`MemoryStore`]) also keeps the instant it was
+/// obtained at, so the caches that adopt it schedule it from exactly the same moment
+/// (and from the same clock under a paused Tokio clock).
 ///
 /// `Debug` never shows the token; the string is zeroized on drop.
 #[derive(Clone, PartialEq, Eq)]
@@ -100,6 +202,8 @@ pub struct SharedToken {
     token: Zeroizing<String>,
     issued_at_ms: u64,
     expires_at_ms: u64,
+    /// When it was obtained, on this process's clock: only in the process that made it.
+    obtained: Option<Instant>,
 }
 
 const FORMAT: &str = "v1";
@@ -118,6 +222,7 @@ impl SharedToken {
             token: Zeroizing::new(token.secret().to_owned()),
             issued_at_ms: wall.saturating_sub(ago),
             expires_at_ms: wall.saturating_add(left),
+            obtained: Some(token.obtained()),
         }
     }
 
@@ -126,7 +231,9 @@ impl SharedToken {
         let now = Instant::now();
         let wall = unix_ms(SystemTime::now());
         let ago = Duration::from_millis(wall.saturating_sub(self.issued_at_ms));
-        let obtained = now.checked_sub(ago).unwrap_or(now);
+        let obtained = self
+            .obtained
+            .unwrap_or_else(|| now.checked_sub(ago).unwrap_or(now));
         let lifetime = Duration::from_millis(self.expires_at_ms.saturating_sub(self.issued_at_ms));
         AccessToken::obtained_at(self.token.as_str(), obtained, lifetime)
     }
@@ -171,6 +278,7 @@ impl SharedToken {
             token: Zeroizing::new(token.to_owned()),
             issued_at_ms,
             expires_at_ms,
+            obtained: None,
         })
     }
 }
@@ -274,7 +382,8 @@ mod tests {
         let shared = SharedToken::from_token(&token);
         assert!(!format!("{shared:?}").contains("s3cret"));
         let decoded = SharedToken::decode(&shared.encode()).unwrap();
-        assert_eq!(decoded, shared);
+        assert_eq!(decoded.encode(), shared.encode());
+        assert_eq!(shared.to_token().unwrap().obtained(), token.obtained());
         let back = decoded.to_token().unwrap();
         assert!(back.same_secret(&token));
         let drift = back.lifetime().abs_diff(Duration::from_secs(3600));

@@ -1,17 +1,22 @@
 //! [`RedisStore`] (feature `redis`): one token for a whole fleet of replicas. It owns the
 //! Redis side of the fleet protocol: the keys, the lock (and how a dead lock is taken
-//! over), and where its connection comes from (a URL, the application's `redis::Client`,
-//! or the application's own connection: a manager, a cluster or a sentinel connection).
+//! over), the notices it publishes and listens to (pub/sub), and where its connections
+//! come from (a URL, the application's `redis::Client`, or the application's own
+//! connection: a manager, a cluster or a sentinel connection).
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use futures_util::StreamExt as _;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::{Client, Cmd, Pipeline, RedisFuture, Script, Value};
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
+use tokio::time::Instant;
+use zeroize::Zeroizing;
 
-use super::{unix_ms, SharedToken, StoreFuture, TokenStore};
+use super::{unix_ms, Heard, SharedToken, StoreFuture, TokenStore, Watchers};
 use crate::error::{BoxError, Error};
 
 /// Compare-and-delete: delete KEYS[1] only if it holds ARGV[1].
@@ -23,20 +28,45 @@ else
 end
 "#;
 
-/// Take the refresh lock KEYS[1] for owner ARGV[1] for ARGV[2] ms, if nobody holds it.
+/// Take the refresh lock KEYS[1] for owner ARGV[1] for ARGV[2] ms, if nobody holds it,
+/// and say so on the notice channel ARGV[3] (`locked <ms>`), so that the other replicas
+/// wait for the publication instead of trying the lock themselves.
 /// A lock key without an expiry (PTTL -1: an operator's `SET`, a restored dump) has no
 /// owner that will ever release it: it is treated as dead and taken over, so the refresh
 /// goes on and its token is published instead of every replica waiting, then fetching
 /// alone, on each refresh.
+/// Notices use `pcall`: an ACL user without the channel permission still locks (its
+/// replicas then poll instead of being pushed to).
 const TRY_LOCK: &str = r#"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-    return 1
-end
-if redis.call('PTTL', KEYS[1]) == -1 then
+local taken = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+if not taken and redis.call('PTTL', KEYS[1]) == -1 then
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    taken = true
+end
+if taken then
+    redis.pcall('PUBLISH', ARGV[3], 'locked ' .. ARGV[2])
     return 1
 end
 return 0
+"#;
+
+/// Release the refresh lock KEYS[1] if owner ARGV[1] still holds it, and say so on the
+/// notice channel ARGV[2] (`released`).
+const UNLOCK: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('DEL', KEYS[1])
+    redis.pcall('PUBLISH', ARGV[2], 'released')
+    return 1
+end
+return 0
+"#;
+
+/// Store the token ARGV[1] under KEYS[1] until ARGV[2] (Unix ms), and push it on the notice
+/// channel ARGV[3] (`token <stored form>`): waiting replicas adopt it from the message.
+const PUBLISH: &str = r#"
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+redis.pcall('PUBLISH', ARGV[3], 'token ' .. ARGV[1])
+return 1
 "#;
 
 /// Redis timeouts for connecting and for each answer: 500 ms, as the cache's default
@@ -61,6 +91,16 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 ///   without an expiry is taken over as dead.
 /// * Releasing the lock and invalidating a token are compare-and-delete scripts: a
 ///   replica only releases its own lock and only deletes the token it saw rejected.
+/// * Notices ([`TokenStore::watch`]): taking the lock, publishing a token and releasing
+///   the lock are announced on the channel `…:notices` (the token travels in the
+///   message), and a store made from a URL or a client listens on one pub/sub connection
+///   of its own, opened on the first refresh: a replica that finds the lock taken waits
+///   for the publication (and adopts the token from the message, without a `GET`)
+///   instead of polling. So a store holds two connections to Redis: 1,000 replicas
+///   are 2,000 clients (Redis accepts 10,000 by default). A store on your own
+///   connection ([`with_connection`](Self::with_connection)) does not listen: its
+///   replicas poll while they wait. An ACL user needs the channel permission
+///   (`&docplanner-auth:*`) for the notices; without it everything works, by polling.
 ///
 /// It leaves the process alone: it installs no rustls crypto provider. For `rediss://`,
 /// redis-rs builds its TLS configuration from rustls' process default provider; if the
@@ -69,8 +109,9 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 /// startup, before the first `rediss://` connection, if you want another one.
 ///
 /// Security: the token grants access to patient data. Use `rediss://`, a password or an
-/// ACL user restricted to the key prefix (`~docplanner-auth:*`, or your own prefix with
-/// [`prefix`](Self::prefix)), and a Redis that only your replicas reach.
+/// ACL user restricted to the key and channel prefix (`~docplanner-auth:*
+/// &docplanner-auth:*`, or your own prefix with [`prefix`](Self::prefix)), and a Redis
+/// that only your replicas reach.
 ///
 /// ```no_run
 /// use docplanner_auth::docplanner::Credentials;
@@ -102,6 +143,8 @@ pub struct RedisStore {
     prefix: Arc<str>,
     compare_and_delete: Arc<Script>,
     try_lock: Arc<Script>,
+    unlock: Arc<Script>,
+    publish: Arc<Script>,
 }
 
 /// Where the store's connection comes from.
@@ -113,11 +156,21 @@ enum Connection {
     Given(Arc<dyn Fn() -> DynConnection + Send + Sync>),
 }
 
-/// A client and the connection manager made from it on first use (and again after a
-/// failed attempt).
+/// A client, the connection manager made from it on first use (and again after a
+/// failed attempt), and the pub/sub connection that listens to the notices.
 struct Lazy {
     client: Client,
     manager: Mutex<Option<ConnectionManager>>,
+    listener: Mutex<Option<Listener>>,
+}
+
+/// The pub/sub connection: its sink subscribes; a task reads its messages into the
+/// watchers, and when the connection ends it closes them (the caches then poll) and
+/// marks the listener dead, so that the next watch opens a new one.
+struct Listener {
+    sink: PubSubSink,
+    watchers: Arc<Watchers>,
+    alive: Arc<AtomicBool>,
 }
 
 /// Any application connection, behind one type.
@@ -162,6 +215,7 @@ impl RedisStore {
         Self::new(Connection::Lazy(Arc::new(Lazy {
             client,
             manager: Mutex::new(None),
+            listener: Mutex::new(None),
         })))
     }
 
@@ -184,6 +238,8 @@ impl RedisStore {
             prefix: Arc::from(""),
             compare_and_delete: Arc::new(Script::new(COMPARE_AND_DELETE)),
             try_lock: Arc::new(Script::new(TRY_LOCK)),
+            unlock: Arc::new(Script::new(UNLOCK)),
+            publish: Arc::new(Script::new(PUBLISH)),
         }
     }
 
@@ -200,6 +256,10 @@ impl RedisStore {
 
     fn lock_key(&self, key: &str) -> String {
         format!("{}{key}:lock", self.prefix)
+    }
+
+    fn channel(&self, key: &str) -> String {
+        format!("{}{key}:notices", self.prefix)
     }
 
     /// A connection for one operation.
@@ -223,6 +283,86 @@ impl RedisStore {
         *slot = Some(connection.clone());
         Ok(DynConnection(Box::new(connection)))
     }
+
+    /// Listen to the notices of `key`: on the listener's connection (opened, or opened
+    /// again after it ended), subscribed before returning.
+    async fn listen(&self, lazy: &Lazy, key: &str) -> Result<watch::Receiver<Heard>, BoxError> {
+        let mut slot = lazy.listener.lock().await;
+        if !slot
+            .as_ref()
+            .is_some_and(|l| l.alive.load(Ordering::Acquire))
+        {
+            let pubsub =
+                tokio::time::timeout(REDIS_TIMEOUT, lazy.client.get_async_pubsub()).await??;
+            let (sink, stream) = pubsub.split();
+            let listener = Listener {
+                sink,
+                watchers: Arc::default(),
+                alive: Arc::new(AtomicBool::new(true)),
+            };
+            let ended = Ended {
+                watchers: Arc::clone(&listener.watchers),
+                alive: Arc::clone(&listener.alive),
+            };
+            drop(tokio::spawn(async move {
+                let mut stream = stream;
+                while let Some(message) = stream.next().await {
+                    let Ok(payload) = message.get_payload::<String>() else {
+                        continue;
+                    };
+                    let payload = Zeroizing::new(payload);
+                    hear(&ended.watchers, message.get_channel_name(), &payload);
+                }
+                drop(ended);
+            }));
+            *slot = Some(listener);
+        }
+        let Some(listener) = slot.as_mut() else {
+            return Err("the notice listener is gone".into());
+        };
+        let channel = self.channel(key);
+        let (receiver, created) = listener.watchers.subscribe(&channel);
+        if created {
+            let subscribe = tokio::time::timeout(REDIS_TIMEOUT, listener.sink.subscribe(&channel));
+            if let Err(error) = subscribe.await.map_err(BoxError::from).and_then(|r| Ok(r?)) {
+                listener.watchers.forget(&channel);
+                return Err(error);
+            }
+        }
+        Ok(receiver)
+    }
+}
+
+/// The end of a listener's task, however it ends (its connection closed, or its runtime
+/// shut down and dropped it): the listener is dead and its watchers are closed, so the
+/// caches poll meanwhile and the next watch opens a new one.
+struct Ended {
+    watchers: Arc<Watchers>,
+    alive: Arc<AtomicBool>,
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.alive.store(false, Ordering::Release);
+        self.watchers.clear();
+    }
+}
+
+/// One notice heard on `channel`: a published token, a lock taken for some milliseconds,
+/// or a lock released. Anything else is ignored.
+fn hear(watchers: &Watchers, channel: &str, payload: &str) {
+    if let Some(stored) = payload.strip_prefix("token ") {
+        if let Ok(token) = SharedToken::decode(stored) {
+            watchers.heard(channel, |heard| heard.token = Some(token));
+        }
+    } else if let Some(ms) = payload.strip_prefix("locked ") {
+        if let Ok(ms) = ms.parse::<u64>() {
+            let until = Instant::now() + Duration::from_millis(ms);
+            watchers.heard(channel, |heard| heard.locked_until = Some(until));
+        }
+    } else if payload == "released" {
+        watchers.heard(channel, |heard| heard.locked_until = None);
+    }
 }
 
 impl TokenStore for RedisStore {
@@ -243,12 +383,13 @@ impl TokenStore for RedisStore {
                 return Ok(());
             }
             let mut connection = self.connection().await?;
-            let () = redis::cmd("SET")
-                .arg(self.key(key))
+            let _: i64 = self
+                .publish
+                .key(self.key(key))
                 .arg(token.encode().as_str())
-                .arg("PXAT")
                 .arg(token.expires_at_ms())
-                .query_async(&mut connection)
+                .arg(self.channel(key))
+                .invoke_async(&mut connection)
                 .await?;
             Ok(())
         })
@@ -267,6 +408,7 @@ impl TokenStore for RedisStore {
                 .key(self.lock_key(key))
                 .arg(owner)
                 .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+                .arg(self.channel(key))
                 .invoke_async(&mut connection)
                 .await?;
             Ok(taken == 1)
@@ -277,9 +419,10 @@ impl TokenStore for RedisStore {
         Box::pin(async move {
             let mut connection = self.connection().await?;
             let _: i64 = self
-                .compare_and_delete
+                .unlock
                 .key(self.lock_key(key))
                 .arg(owner)
+                .arg(self.channel(key))
                 .invoke_async(&mut connection)
                 .await?;
             Ok(())
@@ -296,6 +439,15 @@ impl TokenStore for RedisStore {
                 .invoke_async(&mut connection)
                 .await?;
             Ok(deleted == 1)
+        })
+    }
+
+    fn watch<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<watch::Receiver<Heard>>> {
+        Box::pin(async move {
+            match &self.connection {
+                Connection::Lazy(lazy) => Ok(Some(self.listen(lazy, key).await?)),
+                Connection::Given(_) => Ok(None),
+            }
         })
     }
 }
