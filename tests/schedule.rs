@@ -110,3 +110,32 @@ async fn a_failing_endpoint_never_gets_an_expired_token_sent() {
         );
     }
 }
+
+/// A 4 s token (the fleet issue's scale runs), from an endpoint that answers `expires_in`
+/// (no floored `exp`): renewed after about 70 % of its life, at most 1.5 token requests per
+/// lifetime, every refresh in the background, none sent expired.
+#[tokio::test(start_paused = true)]
+async fn a_four_second_token_is_renewed_late_in_its_life() {
+    let lifetime = Duration::from_secs(4);
+    let fake = FakeDocplanner::builder()
+        .token_lifetime(lifetime)
+        .in_process();
+    let s = in_process_with(fake, |b| b);
+    let end = tokio::time::Instant::now() + lifetime * 100;
+    while tokio::time::Instant::now() < end {
+        assert_eq!(status(s.get().await).await, StatusCode::OK);
+        tokio::time::sleep(lifetime / 200).await;
+    }
+    let stats = s.fake.stats();
+    println!(
+        "L = 4 s: {} token requests in 100 lifetimes",
+        stats.token_requests
+    );
+    assert_eq!(stats.sent_without_valid_token(), 0);
+    assert!(stats.token_requests <= 150, "{}", stats.token_requests);
+    assert_eq!(
+        s.cache.stats().background_refreshes,
+        stats.token_requests - 1,
+        "nobody waited"
+    );
+}

@@ -41,10 +41,18 @@ pub const DEFAULT_REFRESH_JITTER: Duration = Duration::from_secs(60);
 /// its life, 1.21 token requests per lifetime at worst.
 const LEAD_SHARE: u32 = 10;
 
-/// The shortest refresh lead the lifetime share may shrink to: 2 s, so that even a 10 s
-/// token leaves room for a retry of a failing endpoint before it is unusable (two attempts
-/// with the default backoff), at 1.48 token requests per lifetime.
+/// The shortest refresh lead the lifetime share may shrink to: 2 s (but at most an eighth
+/// of the lifetime, [`FLOOR_SHARE`]), so that a 16 s token still leaves room for a retry
+/// of a failing endpoint before it is unusable (a 10 s one: 1.25 s, two attempts with the
+/// default backoff, at 1.36 token requests per lifetime).
 const MIN_LEAD: Duration = Duration::from_secs(2);
+
+/// The floors of the lead and of the margin never take more than an eighth of the
+/// lifetime each: a token shorter than 16 s is renewed after about 70 % of its life (a 4 s
+/// one at 2.9 s), not after a quarter of it. The cost, below 8 s: the margin is under the
+/// second of a floored `exp`, so a server that floors it may see such a token just after
+/// its `exp`; the 401 then makes one refresh and one replay.
+const FLOOR_SHARE: u32 = 8;
 
 /// The share of a token's lifetime the expiry margin may take: a twentieth.
 const MARGIN_SHARE: u32 = 20;
@@ -124,9 +132,9 @@ impl RefreshPolicy {
     /// `jitter_fraction` in `[0, 1)` picks the point inside the jitter span.
     ///
     /// Lead, margin and jitter are each capped by a share of the lifetime (a tenth but at
-    /// least 2 s, a twentieth but at least 1 s, a fortieth), and lead and margin by half
-    /// of it, so short tokens are renewed late in their life and never sent after a
-    /// whole-second `exp` floored by the server. Always
+    /// least 2 s, a twentieth but at least 1 s, a fortieth), the floors by an eighth of
+    /// it, so short tokens are renewed late in their life and, from 8 s up, never sent
+    /// after a whole-second `exp` floored by the server. Always
     /// `obtained <= refresh_at <= usable_until <= expires`.
     ///
     /// A pure function of its inputs: a fleet may agree on one refresh moment by deriving
@@ -138,15 +146,13 @@ impl RefreshPolicy {
         jitter_fraction: f64,
     ) -> Schedule {
         let lifetime = expires.saturating_duration_since(obtained);
-        let half = lifetime / 2;
+        let floor = |floor: Duration| floor.min(lifetime / FLOOR_SHARE);
         let margin = self
             .margin
-            .min((lifetime / MARGIN_SHARE).max(EXPIRY_GRANULARITY))
-            .min(half);
+            .min((lifetime / MARGIN_SHARE).max(floor(EXPIRY_GRANULARITY)));
         let lead = self
             .lead
-            .min((lifetime / LEAD_SHARE).max(MIN_LEAD))
-            .min(half);
+            .min((lifetime / LEAD_SHARE).max(floor(MIN_LEAD)));
         let jitter = self
             .jitter_span(lifetime)
             .mul_f64(jitter_fraction.clamp(0.0, 1.0));
@@ -343,20 +349,26 @@ mod tests {
     fn short_tokens_scale_down() {
         let t0 = Instant::now();
         let s = RefreshPolicy::default().schedule(t0, at(t0, 10.0), 0.0);
-        // margin 1 s (the `exp` granularity beats a twentieth), lead 2 s (the floor beats
-        // a tenth)
+        // margin 1 s (the `exp` granularity beats a twentieth), lead 1.25 s (the 2 s floor
+        // beats a tenth, an eighth caps the floor)
         assert_eq!(s.usable_until, at(t0, 9.0));
-        assert_eq!(s.refresh_at, at(t0, 7.0));
+        assert_eq!(s.refresh_at, at(t0, 7.75));
         let s = RefreshPolicy::default().schedule(t0, at(t0, 10.0), 1.0);
-        assert_eq!(s.refresh_at, at(t0, 6.75)); // jitter a fortieth
+        assert_eq!(s.refresh_at, at(t0, 7.5)); // jitter a fortieth
+        // 16 s: both floors whole (2 s and 1 s)
+        let s = RefreshPolicy::default().schedule(t0, at(t0, 16.0), 0.0);
+        assert_eq!((s.refresh_at, s.usable_until), (at(t0, 13.0), at(t0, 15.0)));
+        // 4 s: lead and margin an eighth each, renewed after 2.9 s at the latest jitter
+        let s = RefreshPolicy::default().schedule(t0, at(t0, 4.0), 1.0);
+        assert_eq!((s.refresh_at, s.usable_until), (at(t0, 2.9), at(t0, 3.5)));
         let s = RefreshPolicy::default().schedule(t0, at(t0, 300.0), 1.0);
         // margin 15 s, lead 30 s, jitter 7.5 s
         assert_eq!(s.usable_until, at(t0, 285.0));
         assert_eq!(s.refresh_at, at(t0, 247.5));
-        // tiny tokens: lead and margin at most half the lifetime each
+        // tiny tokens: lead and margin an eighth of the lifetime each
         let s = RefreshPolicy::default().schedule(t0, at(t0, 1.0), 0.0);
-        assert_eq!(s.usable_until, at(t0, 0.5));
-        assert_eq!(s.refresh_at, t0);
+        assert_eq!(s.usable_until, at(t0, 0.875));
+        assert_eq!(s.refresh_at, at(t0, 0.75));
     }
 
     #[test]
@@ -403,7 +415,8 @@ mod tests {
     fn the_stale_window_leaves_room_for_retries() {
         // (lifetime, stale window, attempts at the longest delays, at the shortest)
         let expected = [
-            (10.0, 2.0, 2, 3),
+            (4.0, 0.5, 1, 1),
+            (10.0, 1.25, 2, 2),
             (60.0, 6.0, 3, 4),
             (300.0, 30.0, 5, 6),
             (3600.0, 300.0, 14, 24),
