@@ -344,7 +344,7 @@
 //!
 //! Defaults: lead 300 s (at most a tenth of the lifetime, at least 2 s), jitter up to 60 s
 //! (at most a fortieth), margin 30 s (at most a twentieth, at least 1 s: servers floor a JWT
-//! `exp` to whole seconds), token request timeout 10 s, backoff 1 s doubling to 30 s after
+//! `exp` to whole seconds; both floors at most an eighth of the lifetime), token request timeout 10 s, backoff 1 s doubling to 30 s after
 //! transient failures and 30 s doubling to 5 min after permanent ones, during which callers
 //! without a valid token fail fast. The [`cache`] module explains each, with its reason.
 //!

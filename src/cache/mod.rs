@@ -737,7 +737,7 @@ impl TokenCacheBuilder {
 
     /// How long before a token stops being usable a background refresh starts
     /// (default [`DEFAULT_REFRESH_LEAD`]), capped at a tenth of each token's lifetime (at
-    /// least 2 s) and at half of it.
+    /// least 2 s, or an eighth of the lifetime if that is less).
     pub fn refresh_lead(mut self, lead: Duration) -> Self {
         self.config.policy.lead = lead;
         self
@@ -745,7 +745,8 @@ impl TokenCacheBuilder {
 
     /// How long before its real expiry a token stops being sent
     /// (default [`DEFAULT_EXPIRY_MARGIN`]), capped at a twentieth of each token's lifetime,
-    /// but at least 1 s (servers round a JWT `exp` down to whole seconds), and at half of it.
+    /// but at least 1 s (servers round a JWT `exp` down to whole seconds), or an eighth of
+    /// the lifetime if that is less (tokens under 8 s).
     pub fn expiry_margin(mut self, margin: Duration) -> Self {
         self.config.policy.margin = margin;
         self

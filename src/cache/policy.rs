@@ -12,7 +12,8 @@ use tokio::time::Instant;
 ///
 /// Five minutes is the order google-auth uses (stale 225 s before expiry) with room for
 /// 14 to 24 attempts of a failing token endpoint before the token runs out.
-/// For short tokens it is scaled down to a tenth of the lifetime (at least 2 s), so that a
+/// For short tokens it is scaled down to a tenth of the lifetime (at least 2 s, or an
+/// eighth of the lifetime if that is less), so that a
 /// token is renewed after at least 80 % of its life: at most 1.25 token requests per
 /// lifetime for any lifetime of a minute or more.
 pub const DEFAULT_REFRESH_LEAD: Duration = Duration::from_secs(300);
@@ -97,7 +98,7 @@ pub(crate) enum Freshness {
 #[non_exhaustive]
 pub struct RefreshPolicy {
     /// How long before the token stops being usable a background refresh starts (at most a
-    /// tenth of the token's lifetime, at least 2 s).
+    /// tenth of the token's lifetime, at least 2 s or an eighth of it).
     pub lead: Duration,
     /// How long before its real expiry a token stops being used (at most a twentieth of
     /// the token's lifetime, at least 1 s).
