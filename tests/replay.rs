@@ -226,7 +226,12 @@ async fn the_same_token_handed_out_again_is_not_replayed() {
 
     assert_eq!(status(s.get().await).await, StatusCode::UNAUTHORIZED);
     assert_eq!(s.fake.stats().token_requests, 2);
-    assert_eq!(s.cache.stats().replays, 0, "same token: no point replaying");
+    assert_eq!(
+        s.fake.stats().api_requests,
+        1,
+        "same token: no point replaying"
+    );
+    assert_eq!(s.cache.stats().replays, 0);
     assert!(s.cache.cached().unwrap().same_secret(&first));
 }
 
@@ -256,6 +261,7 @@ async fn a_full_body_is_replayed() {
         .await
         .contains("\"address_service_id\":\"42\""));
     assert_eq!(s.fake.stats().bookings, 1, "booked once, by the replay");
+    assert_eq!(s.fake.stats().api_requests, 2, "sent, then replayed once");
     assert_eq!(s.cache.stats().replays, 1);
 }
 
@@ -272,6 +278,8 @@ async fn a_streamed_body_under_the_limit_is_replayed() {
     ];
     let body = StreamBody::new(futures_util::stream::iter(chunks));
     assert_eq!(status(s.book(body).await).await, StatusCode::CREATED);
+    assert_eq!(s.fake.stats().api_requests, 2, "sent, then replayed once");
+    assert_eq!(s.fake.stats().bookings, 1);
     assert_eq!(s.cache.stats().replays, 1);
 }
 
@@ -287,6 +295,7 @@ async fn a_body_over_the_limit_gets_its_401_and_the_next_request_a_new_token() {
         .unwrap();
     let response = client.clone().oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(s.fake.stats().api_requests, 1, "not replayed");
     assert_eq!(s.cache.stats().replays, 0);
     assert!(matches!(
         response.extensions().get::<Unauthorized>(),
