@@ -217,6 +217,28 @@ async fn two_revocations_a_second_apart_are_both_healed() {
     assert_eq!(fake.api_ok, 3);
 }
 
+/// Every token the API accepted and later rejected was revoked: each such 401 is healed at
+/// once, however many come in a row (only fresh tokens rejected before any success are
+/// evidence that new tokens do not help).
+#[tokio::test(start_paused = true)]
+async fn revocations_of_tokens_the_api_had_accepted_are_all_healed_at_once() {
+    let s = in_process();
+    assert_eq!(status(s.get().await).await, StatusCode::OK);
+    for revocation in 1..=4 {
+        s.fake.revoke_all_tokens();
+        assert_eq!(
+            status(s.get().await).await,
+            StatusCode::OK,
+            "revocation {revocation} healed"
+        );
+    }
+    let fake = s.fake.stats();
+    assert_eq!(fake.token_requests, 1 + 4);
+    assert_eq!(fake.api_revoked_token, 4);
+    assert_eq!(fake.api_ok, 1 + 4, "each request replayed once");
+    assert_eq!(fake.api_requests, 1 + 4 * 2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_same_token_handed_out_again_is_not_replayed() {
     let s = in_process();

@@ -151,6 +151,40 @@ async fn the_replay_polls_ready_again_and_the_401_is_dropped_first() {
     answer_ok(send, response).await;
 }
 
+/// A request that waited for the first token and got a 401 makes that token suspect: the
+/// replay carries a new one (t2), not the rejected t1 again.
+#[tokio::test]
+async fn a_401_after_a_cold_start_is_replayed_with_a_new_token() {
+    let count = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&count);
+    let cache = TokenCache::new(move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            Ok::<_, BoxError>(AccessToken::new(
+                format!("t{n}"),
+                Duration::from_secs(3600),
+            )?)
+        }
+    });
+    let layer = BearerAuthLayer::new(cache, API).unwrap();
+    let (mut service, mut handle) = mock::spawn_layer::<Sent, Response<Tracked>, _>(layer);
+    handle.allow(2);
+    assert_ready_ok!(service.poll_ready());
+    let response = tokio::spawn(service.call(get()));
+    let (first, send) = next(&mut handle).await;
+    assert_eq!(first.headers()["authorization"], "Bearer t1");
+    send.send_response(respond(
+        StatusCode::UNAUTHORIZED,
+        &Arc::new(AtomicBool::new(false)),
+    ));
+    let (second, send) = next(&mut handle).await;
+    assert_eq!(second.headers()["authorization"], "Bearer t2");
+    send.send_response(respond(StatusCode::OK, &Arc::new(AtomicBool::new(false))));
+    let response = support::within("the response", response).await.unwrap();
+    assert_eq!(response.unwrap().status(), StatusCode::OK);
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+}
+
 #[tokio::test]
 async fn the_replayed_request_keeps_method_uri_headers_and_body() {
     let (cache, _) = numbered_tokens().await;
