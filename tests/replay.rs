@@ -217,6 +217,27 @@ async fn two_revocations_a_second_apart_are_both_healed() {
     assert_eq!(fake.api_ok, 3);
 }
 
+/// A 401 while a background refresh is already under way (the token was stale) joins that
+/// refresh instead of starting a second one: one token request for both.
+#[tokio::test(start_paused = true)]
+async fn a_401_during_a_background_refresh_joins_it() {
+    let s = in_process();
+    assert_eq!(status(s.get().await).await, StatusCode::OK);
+    tokio::time::advance(Duration::from_secs(3400)).await; // stale from ~3210 s
+    s.fake.revoke_all_tokens();
+    s.fake
+        .fail_next_token_requests(1, TokenFault::Delay(Duration::from_secs(10)));
+    // The stale token starts the background refresh, and is sent: 401, replayed with the
+    // token that refresh brings (the paused clock runs through its 10 s).
+    assert_eq!(status(s.get().await).await, StatusCode::OK);
+    let fake = s.fake.stats();
+    assert_eq!(
+        fake.token_requests, 2,
+        "the 401 joined the background refresh"
+    );
+    assert_eq!((fake.api_revoked_token, fake.api_ok), (1, 2));
+}
+
 /// Every token the API accepted and later rejected was revoked: each such 401 is healed at
 /// once, however many come in a row (only fresh tokens rejected before any success are
 /// evidence that new tokens do not help).
