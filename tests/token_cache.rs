@@ -510,6 +510,11 @@ async fn status_follows_the_token_through_its_life() {
     let status = s.cache.status();
     assert_eq!(status.state, TokenState::BackingOff);
     assert!(!status.is_usable());
+    // At the very instant the backoff ends a refresh may start: no longer backing off.
+    advance(status.backing_off_for.unwrap()).await;
+    let status = s.cache.status();
+    assert_eq!(status.state, TokenState::Expired);
+    assert_eq!(status.backing_off_for, None);
 
     // The endpoint heals: fresh again after the backoff.
     s.fake.clear_token_faults();
