@@ -278,6 +278,17 @@ async fn a_single_cross_origin_hop_is_not_followed() {
     assert_eq!(s.tls_foreign.seen(), []);
 }
 
+/// A redirect to the API's own host and port over plain `http` is not the API origin (and
+/// plain http to loopback needs the opt-in): not followed, the 3xx comes back.
+#[tokio::test]
+async fn a_redirect_to_the_api_over_plain_http_is_not_followed() {
+    let s = setup().await;
+    let plain = format!("http://127.0.0.1:{}/plain", s.api.port);
+    s.api.redirect("/h", plain.clone());
+    let response = s.stops_at_the_first_hop("/h").await;
+    assert_eq!(response.headers()["location"], plain.as_str());
+}
+
 /// The middleware's own `client_builder()` (all its API origins) applies the same rule.
 #[tokio::test]
 async fn the_middlewares_client_builder_stops_at_the_first_hop_too() {
