@@ -408,6 +408,26 @@ async fn short_lived_tokens_are_refreshed_in_the_background() {
     );
 }
 
+/// An absurd configured backoff (`Duration::MAX`) does not overflow the clock: the next
+/// attempt is scheduled a day ahead, the furthest the cache schedules anything.
+#[tokio::test(start_paused = true)]
+async fn an_absurd_backoff_waits_a_day() {
+    let mut backoff = docplanner_auth::cache::Backoff::default();
+    backoff.base = Duration::MAX;
+    backoff.cap = Duration::MAX;
+    backoff.permanent_base = Duration::MAX;
+    backoff.permanent_cap = Duration::MAX;
+    backoff.jitter = 0.0;
+    let cache = TokenCache::builder(|| async {
+        Err::<AccessToken, BoxError>(docplanner_auth::Error::transient("down").into())
+    })
+    .backoff(backoff)
+    .build();
+    assert!(cache.token().await.is_err());
+    let day = Duration::from_secs(24 * 60 * 60);
+    assert_eq!(cache.status().backing_off_for, Some(day));
+}
+
 /// A source of one's own that fails the way `failure(call)` says; counts its calls.
 fn failing_source(
     failure: impl Fn(u32) -> docplanner_auth::Error + Send + Sync + 'static,
