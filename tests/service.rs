@@ -107,6 +107,8 @@ async fn backpressure_passes_through_and_the_ready_service_is_called() {
     assert_ready_ok!(service.poll_ready());
     // tower-test panics if `call` reaches a clone that was not polled ready.
     let response = service.call(get());
+    // Its Debug says where the request is, and nothing else (no token).
+    assert_eq!(format!("{response:?}"), r#"ResponseFuture { state: "sent" }"#);
     let (request, send) = next(&mut handle).await;
     assert_eq!(request.headers()["authorization"], "Bearer t1");
     assert!(request.headers()["authorization"].is_sensitive());
