@@ -21,9 +21,8 @@ mod support;
 
 const API: &str = "https://www.doctoralia.es/api/v3/integration";
 
-/// Tokens `t1`, `t2`, … and the number handed out; `t1` is cached already, so that `call`
-/// reaches the inner service at once (the hot path).
-async fn numbered_tokens() -> (TokenCache, Arc<AtomicU32>) {
+/// A cold cache of tokens `t1`, `t2`, … and the number handed out.
+fn numbered_cache() -> (TokenCache, Arc<AtomicU32>) {
     let count = Arc::new(AtomicU32::new(0));
     let counter = Arc::clone(&count);
     let cache = TokenCache::new(move || {
@@ -35,6 +34,13 @@ async fn numbered_tokens() -> (TokenCache, Arc<AtomicU32>) {
             )?)
         }
     });
+    (cache, count)
+}
+
+/// [`numbered_cache`] with `t1` cached already, so that `call` reaches the inner service
+/// at once (the hot path).
+async fn numbered_tokens() -> (TokenCache, Arc<AtomicU32>) {
+    let (cache, count) = numbered_cache();
     cache.token().await.unwrap();
     (cache, count)
 }
@@ -108,7 +114,10 @@ async fn backpressure_passes_through_and_the_ready_service_is_called() {
     // tower-test panics if `call` reaches a clone that was not polled ready.
     let response = service.call(get());
     // Its Debug says where the request is, and nothing else (no token).
-    assert_eq!(format!("{response:?}"), r#"ResponseFuture { state: "sent" }"#);
+    assert_eq!(
+        format!("{response:?}"),
+        r#"ResponseFuture { state: "sent" }"#
+    );
     let (request, send) = next(&mut handle).await;
     assert_eq!(request.headers()["authorization"], "Bearer t1");
     assert!(request.headers()["authorization"].is_sensitive());
@@ -157,17 +166,7 @@ async fn the_replay_polls_ready_again_and_the_401_is_dropped_first() {
 /// replay carries a new one (t2), not the rejected t1 again.
 #[tokio::test]
 async fn a_401_after_a_cold_start_is_replayed_with_a_new_token() {
-    let count = Arc::new(AtomicU32::new(0));
-    let counter = Arc::clone(&count);
-    let cache = TokenCache::new(move || {
-        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-        async move {
-            Ok::<_, BoxError>(AccessToken::new(
-                format!("t{n}"),
-                Duration::from_secs(3600),
-            )?)
-        }
-    });
+    let (cache, count) = numbered_cache();
     let layer = BearerAuthLayer::new(cache, API).unwrap();
     let (mut service, mut handle) = mock::spawn_layer::<Sent, Response<Tracked>, _>(layer);
     handle.allow(2);
