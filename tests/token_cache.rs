@@ -313,9 +313,10 @@ fn a_refresh_stuck_on_an_idle_runtime_does_not_hold_other_runtimes() {
 }
 
 /// A background refresh whose task sits on a runtime nobody drives is trusted for its
-/// deadline (the token request timeout twice here: 200 ms), then presumed stuck: the next
+/// deadline (the token request timeout twice here: 800 ms), then presumed stuck: the next
 /// caller in the stale window starts another one on its own runtime. Real clock (two
-/// runtimes), a 6 s token: stale from 3 s, unusable from 5 s.
+/// runtimes), a 6 s token: stale from 3 s, unusable from 5 s; each step has 0.8 s of
+/// slack for a loaded machine.
 #[test]
 fn a_background_refresh_stuck_on_an_idle_runtime_is_replaced_after_its_deadline() {
     let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
@@ -325,7 +326,7 @@ fn a_background_refresh_stuck_on_an_idle_runtime_is_replaced_after_its_deadline(
         async move { Ok::<_, BoxError>(AccessToken::new(format!("t{n}"), Duration::from_secs(6))?) }
     })
     .refresh_jitter(Duration::ZERO)
-    .token_request_timeout(Duration::from_millis(100))
+    .token_request_timeout(Duration::from_millis(400))
     .build();
     let runtime = || {
         tokio::runtime::Builder::new_current_thread()
@@ -350,7 +351,7 @@ fn a_background_refresh_stuck_on_an_idle_runtime_is_replaced_after_its_deadline(
     });
     assert_eq!(calls_now(), 1, "trusted until its deadline");
 
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(900));
     let fresh = other.block_on(async {
         assert!(cache.token().await.unwrap().same_secret(&first));
         tokio::time::timeout(Duration::from_secs(1), async {
