@@ -3,6 +3,8 @@
 //! `examples/hyper_client.rs` shows.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -57,15 +59,17 @@ async fn your_own_client_through_service_builder() {
             let url = Arc::clone(&url);
             tokio::spawn(async move {
                 let request = Request::get(url.as_str()).body(Full::default())?;
-                let response = api.oneshot(request).await?;
+                let response = support::within("the API's answer", api.oneshot(request)).await?;
                 let (status, version) = (response.status(), response.version());
-                let body = response.into_body().collect().await?.to_bytes();
+                let body = support::within("the body", response.into_body().collect())
+                    .await?
+                    .to_bytes();
                 Ok::<_, BoxError>((status, version, body))
             })
         })
         .collect();
     for task in tasks {
-        let (status, version, body) = task.await.unwrap().unwrap();
+        let (status, version, body) = support::within("a task", task).await.unwrap().unwrap();
         assert_eq!(status, StatusCode::OK);
         assert_eq!(version, Version::HTTP_2, "ALPN picked h2 on the fake");
         assert_eq!(
@@ -91,10 +95,8 @@ async fn a_revoked_token_is_replaced_and_the_booking_replayed() {
     let warm = Request::get(facilities(&fake))
         .body(Full::default())
         .unwrap();
-    assert_eq!(
-        api.clone().oneshot(warm).await.unwrap().status(),
-        StatusCode::OK
-    );
+    let warmed = support::within("the first answer", api.clone().oneshot(warm)).await;
+    assert_eq!(warmed.unwrap().status(), StatusCode::OK);
     fake.revoke_all_tokens();
     let booking = Request::post(format!(
         "{}/facilities/1/doctors/2/addresses/3/slots/2026-12-01T10:00:00+01:00/book",
@@ -105,12 +107,19 @@ async fn a_revoked_token_is_replaced_and_the_booking_replayed() {
         br#"{"address_service_id":"1","duration":30,"patient":{}}"#,
     )))
     .unwrap();
-    let response = api.oneshot(booking).await.unwrap();
+    let response = support::within("the booking's answer", api.oneshot(booking))
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
-    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = support::within("the booking's body", response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
     assert!(String::from_utf8_lossy(&body).contains(r#""address_service_id":"1""#));
     let stats = fake.stats();
     assert_eq!(stats.token_requests, 2);
+    // The fake saw the warm-up, the booking with the revoked token and exactly one replay.
+    assert_eq!(stats.api_requests, 3);
     assert_eq!(stats.api_revoked_token, 1);
     assert_eq!(stats.bookings, 1);
     assert_eq!(cache.stats().replays, 1);
@@ -138,17 +147,13 @@ async fn the_built_in_and_your_own_client_share_one_layer() {
         let request = Request::get(facilities(&fake))
             .body(Full::default())
             .unwrap();
-        assert_eq!(
-            built_in.clone().oneshot(request).await.unwrap().status(),
-            StatusCode::OK
-        );
+        let response = support::within("the built-in client", built_in.clone().oneshot(request));
+        assert_eq!(response.await.unwrap().status(), StatusCode::OK);
         let request = Request::get(facilities(&fake))
             .body(Full::default())
             .unwrap();
-        assert_eq!(
-            own.clone().oneshot(request).await.unwrap().status(),
-            StatusCode::OK
-        );
+        let response = support::within("your own client", own.clone().oneshot(request));
+        assert_eq!(response.await.unwrap().status(), StatusCode::OK);
     }
     assert_eq!(seen_sensitive.load(Ordering::Relaxed), 3);
     assert_eq!(fake.stats().token_requests, 1);

@@ -261,6 +261,14 @@ async fn a_host_outside_every_set_is_refused_by_default_and_passes_through_untou
         send(client.clone(), get(other)).await.unwrap().status(),
         StatusCode::OK
     );
+    // Plain http to a host of no set is not a mistaken market request: it passes too.
+    assert_eq!(
+        send(client.clone(), get("http://api.other.test/v1/things"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
     assert_eq!(
         *seen.lock().unwrap(),
         [
@@ -268,6 +276,7 @@ async fn a_host_outside_every_set_is_refused_by_default_and_passes_through_untou
                 "api.other.test".to_owned(),
                 Some("Bearer callers-own".to_owned())
             ),
+            ("api.other.test".to_owned(), None),
             ("api.other.test".to_owned(), None),
         ],
         "untouched"
@@ -279,7 +288,7 @@ async fn a_host_outside_every_set_is_refused_by_default_and_passes_through_untou
     );
     send(client.clone(), get(&markets[1].url())).await.unwrap();
     assert_eq!(
-        seen.lock().unwrap()[2].1.as_deref(),
+        seen.lock().unwrap()[3].1.as_deref(),
         Some("Bearer m1-1"),
         "the sets are still authenticated"
     );
@@ -289,7 +298,7 @@ async fn a_host_outside_every_set_is_refused_by_default_and_passes_through_untou
         .unwrap_err();
     let error = error.downcast_ref::<docplanner_auth::Error>().unwrap();
     assert!(error.is_insecure_scheme(), "{error}");
-    assert_eq!(seen.lock().unwrap().len(), 3);
+    assert_eq!(seen.lock().unwrap().len(), 4);
 }
 
 /// Counts the live caches built by a tenant lookup: one guard per cache, dropped with it.

@@ -278,6 +278,51 @@ async fn a_single_cross_origin_hop_is_not_followed() {
     assert_eq!(s.tls_foreign.seen(), []);
 }
 
+/// A redirect to the API's own host and port over plain `http` is not the API origin (and
+/// plain http to loopback needs the opt-in): not followed, the 3xx comes back.
+#[tokio::test]
+async fn a_redirect_to_the_api_over_plain_http_is_not_followed() {
+    let s = setup().await;
+    let plain = format!("http://127.0.0.1:{}/plain", s.api.port);
+    s.api.redirect("/h", plain.clone());
+    let response = s.stops_at_the_first_hop("/h").await;
+    assert_eq!(response.headers()["location"], plain.as_str());
+}
+
+/// A plain-http loopback API (opted in, as for a local mock): a redirect inside it is
+/// followed by the middleware's client, the token attached again.
+#[tokio::test]
+async fn a_redirect_inside_a_plain_http_loopback_api_is_followed_with_the_opt_in() {
+    let s = setup().await;
+    let base = s.plain_foreign.base("127.0.0.1");
+    let auth = BearerAuthMiddleware::new(s.fake.cache().unwrap(), &base)
+        .unwrap()
+        .allow_http_loopback(true);
+    let client = reqwest_middleware::ClientBuilder::new(auth.client_builder().build().unwrap())
+        .with(auth)
+        .build();
+    s.plain_foreign.redirect("/e", "/f");
+    let response = support::within("the answer", client.get(format!("{base}/e")).send())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bearer = s.bearer();
+    let seen: Vec<_> = s.plain_foreign.seen();
+    assert_eq!(
+        seen,
+        [
+            Seen {
+                path: "/e".to_owned(),
+                authorization: bearer.clone(),
+            },
+            Seen {
+                path: "/f".to_owned(),
+                authorization: bearer,
+            },
+        ]
+    );
+}
+
 /// The middleware's own `client_builder()` (all its API origins) applies the same rule.
 #[tokio::test]
 async fn the_middlewares_client_builder_stops_at_the_first_hop_too() {

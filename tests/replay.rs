@@ -217,6 +217,49 @@ async fn two_revocations_a_second_apart_are_both_healed() {
     assert_eq!(fake.api_ok, 3);
 }
 
+/// A 401 while a background refresh is already under way (the token was stale) joins that
+/// refresh instead of starting a second one: one token request for both.
+#[tokio::test(start_paused = true)]
+async fn a_401_during_a_background_refresh_joins_it() {
+    let s = in_process();
+    assert_eq!(status(s.get().await).await, StatusCode::OK);
+    tokio::time::advance(Duration::from_secs(3400)).await; // stale from ~3210 s
+    s.fake.revoke_all_tokens();
+    s.fake
+        .fail_next_token_requests(1, TokenFault::Delay(Duration::from_secs(10)));
+    // The stale token starts the background refresh, and is sent: 401, replayed with the
+    // token that refresh brings (the paused clock runs through its 10 s).
+    assert_eq!(status(s.get().await).await, StatusCode::OK);
+    let fake = s.fake.stats();
+    assert_eq!(
+        fake.token_requests, 2,
+        "the 401 joined the background refresh"
+    );
+    assert_eq!((fake.api_revoked_token, fake.api_ok), (1, 2));
+}
+
+/// Every token the API accepted and later rejected was revoked: each such 401 is healed at
+/// once, however many come in a row (only fresh tokens rejected before any success are
+/// evidence that new tokens do not help).
+#[tokio::test(start_paused = true)]
+async fn revocations_of_tokens_the_api_had_accepted_are_all_healed_at_once() {
+    let s = in_process();
+    assert_eq!(status(s.get().await).await, StatusCode::OK);
+    for revocation in 1..=4 {
+        s.fake.revoke_all_tokens();
+        assert_eq!(
+            status(s.get().await).await,
+            StatusCode::OK,
+            "revocation {revocation} healed"
+        );
+    }
+    let fake = s.fake.stats();
+    assert_eq!(fake.token_requests, 1 + 4);
+    assert_eq!(fake.api_revoked_token, 4);
+    assert_eq!(fake.api_ok, 1 + 4, "each request replayed once");
+    assert_eq!(fake.api_requests, 1 + 4 * 2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_same_token_handed_out_again_is_not_replayed() {
     let s = in_process();
@@ -226,7 +269,12 @@ async fn the_same_token_handed_out_again_is_not_replayed() {
 
     assert_eq!(status(s.get().await).await, StatusCode::UNAUTHORIZED);
     assert_eq!(s.fake.stats().token_requests, 2);
-    assert_eq!(s.cache.stats().replays, 0, "same token: no point replaying");
+    assert_eq!(
+        s.fake.stats().api_requests,
+        1,
+        "same token: no point replaying"
+    );
+    assert_eq!(s.cache.stats().replays, 0);
     assert!(s.cache.cached().unwrap().same_secret(&first));
 }
 
@@ -256,6 +304,7 @@ async fn a_full_body_is_replayed() {
         .await
         .contains("\"address_service_id\":\"42\""));
     assert_eq!(s.fake.stats().bookings, 1, "booked once, by the replay");
+    assert_eq!(s.fake.stats().api_requests, 2, "sent, then replayed once");
     assert_eq!(s.cache.stats().replays, 1);
 }
 
@@ -272,6 +321,8 @@ async fn a_streamed_body_under_the_limit_is_replayed() {
     ];
     let body = StreamBody::new(futures_util::stream::iter(chunks));
     assert_eq!(status(s.book(body).await).await, StatusCode::CREATED);
+    assert_eq!(s.fake.stats().api_requests, 2, "sent, then replayed once");
+    assert_eq!(s.fake.stats().bookings, 1);
     assert_eq!(s.cache.stats().replays, 1);
 }
 
@@ -287,6 +338,7 @@ async fn a_body_over_the_limit_gets_its_401_and_the_next_request_a_new_token() {
         .unwrap();
     let response = client.clone().oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(s.fake.stats().api_requests, 1, "not replayed");
     assert_eq!(s.cache.stats().replays, 0);
     assert!(matches!(
         response.extensions().get::<Unauthorized>(),

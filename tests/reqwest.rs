@@ -135,8 +135,13 @@ async fn a_burst_of_401s_for_a_revoked_token_makes_one_refresh_and_each_request_
     );
     assert_eq!(fake.api_ok, 1 + 50);
     let cache = s.cache.stats();
+    assert_eq!(
+        fake.api_requests,
+        1 + 50 + 50,
+        "each request replayed exactly once"
+    );
     assert_eq!(cache.invalidations, 1, "compare-and-swap: one invalidation");
-    assert_eq!(cache.replays, 50, "each request replayed exactly once");
+    assert_eq!(cache.replays, 50);
 }
 
 #[tokio::test]
@@ -156,6 +161,7 @@ async fn a_buffered_body_is_replayed_after_a_401() {
     let fake = s.fake.stats();
     assert_eq!((fake.bookings, fake.api_revoked_token), (1, 1));
     assert_eq!(fake.token_requests, 2);
+    assert_eq!(fake.api_requests, 1 + 2, "sent, then replayed once");
     assert_eq!(s.cache.stats().replays, 1);
 }
 
@@ -198,10 +204,11 @@ async fn the_same_token_handed_out_again_returns_the_401() {
     assert_eq!(s.get().await, StatusCode::UNAUTHORIZED);
     assert_eq!(s.fake.stats().token_requests, 2);
     assert_eq!(
-        s.cache.stats().replays,
-        0,
+        s.fake.stats().api_requests,
+        1 + 1,
         "no replay with the rejected token"
     );
+    assert_eq!(s.cache.stats().replays, 0);
     assert_eq!(s.fake.stats().api_revoked_token, 1);
 }
 
@@ -246,6 +253,11 @@ async fn a_streamed_body_is_not_replayed_but_its_token_is_replaced() {
     assert_eq!(fake.token_requests, 2);
     assert_eq!(fake.api_revoked_token, 1);
     assert_eq!(fake.bookings, 1);
+    assert_eq!(
+        fake.api_requests,
+        1 + 1 + 1,
+        "the streamed booking was not replayed"
+    );
     assert_eq!(s.cache.stats().replays, 0);
 }
 

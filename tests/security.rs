@@ -181,6 +181,12 @@ async fn nothing_prints_a_secret_or_a_token() {
     let builder = ClientCredentials::builder(&fake.token_url(), "clinic-42", SECRET);
     let cache_builder = fake.cache_builder().unwrap();
 
+    // The token says what it is, redacted (an empty Debug would pass the checks below).
+    assert!(
+        format!("{token:?}").starts_with(r#"AccessToken { token: "[redacted]", lifetime: "#),
+        "{token:?}"
+    );
+
     // A header map holding our Authorization header.
     let mut headers = http::HeaderMap::new();
     headers.insert(http::header::AUTHORIZATION, token.header_value().clone());

@@ -21,9 +21,8 @@ mod support;
 
 const API: &str = "https://www.doctoralia.es/api/v3/integration";
 
-/// Tokens `t1`, `t2`, … and the number handed out; `t1` is cached already, so that `call`
-/// reaches the inner service at once (the hot path).
-async fn numbered_tokens() -> (TokenCache, Arc<AtomicU32>) {
+/// A cold cache of tokens `t1`, `t2`, … and the number handed out.
+fn numbered_cache() -> (TokenCache, Arc<AtomicU32>) {
     let count = Arc::new(AtomicU32::new(0));
     let counter = Arc::clone(&count);
     let cache = TokenCache::new(move || {
@@ -35,6 +34,13 @@ async fn numbered_tokens() -> (TokenCache, Arc<AtomicU32>) {
             )?)
         }
     });
+    (cache, count)
+}
+
+/// [`numbered_cache`] with `t1` cached already, so that `call` reaches the inner service
+/// at once (the hot path).
+async fn numbered_tokens() -> (TokenCache, Arc<AtomicU32>) {
+    let (cache, count) = numbered_cache();
     cache.token().await.unwrap();
     (cache, count)
 }
@@ -107,6 +113,11 @@ async fn backpressure_passes_through_and_the_ready_service_is_called() {
     assert_ready_ok!(service.poll_ready());
     // tower-test panics if `call` reaches a clone that was not polled ready.
     let response = service.call(get());
+    // Its Debug says where the request is, and nothing else (no token).
+    assert_eq!(
+        format!("{response:?}"),
+        r#"ResponseFuture { state: "sent" }"#
+    );
     let (request, send) = next(&mut handle).await;
     assert_eq!(request.headers()["authorization"], "Bearer t1");
     assert!(request.headers()["authorization"].is_sensitive());
@@ -149,6 +160,30 @@ async fn the_replay_polls_ready_again_and_the_401_is_dropped_first() {
     assert_eq!(second.headers()["authorization"], "Bearer t2");
     assert_eq!(second.uri(), first.uri());
     answer_ok(send, response).await;
+}
+
+/// A request that waited for the first token and got a 401 makes that token suspect: the
+/// replay carries a new one (t2), not the rejected t1 again.
+#[tokio::test]
+async fn a_401_after_a_cold_start_is_replayed_with_a_new_token() {
+    let (cache, count) = numbered_cache();
+    let layer = BearerAuthLayer::new(cache, API).unwrap();
+    let (mut service, mut handle) = mock::spawn_layer::<Sent, Response<Tracked>, _>(layer);
+    handle.allow(2);
+    assert_ready_ok!(service.poll_ready());
+    let response = tokio::spawn(service.call(get()));
+    let (first, send) = next(&mut handle).await;
+    assert_eq!(first.headers()["authorization"], "Bearer t1");
+    send.send_response(respond(
+        StatusCode::UNAUTHORIZED,
+        &Arc::new(AtomicBool::new(false)),
+    ));
+    let (second, send) = next(&mut handle).await;
+    assert_eq!(second.headers()["authorization"], "Bearer t2");
+    send.send_response(respond(StatusCode::OK, &Arc::new(AtomicBool::new(false))));
+    let response = support::within("the response", response).await.unwrap();
+    assert_eq!(response.unwrap().status(), StatusCode::OK);
+    assert_eq!(count.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]

@@ -312,6 +312,62 @@ fn a_refresh_stuck_on_an_idle_runtime_does_not_hold_other_runtimes() {
     drop(idle);
 }
 
+/// A background refresh whose task sits on a runtime nobody drives is trusted for its
+/// deadline (the token request timeout twice here: 800 ms), then presumed stuck: the next
+/// caller in the stale window starts another one on its own runtime. Real clock (two
+/// runtimes), a 6 s token: stale from 3 s, unusable from 5 s; each step has 0.8 s of
+/// slack for a loaded machine.
+#[test]
+fn a_background_refresh_stuck_on_an_idle_runtime_is_replaced_after_its_deadline() {
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = Arc::clone(&calls);
+    let cache = TokenCache::builder(move || {
+        let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        async move { Ok::<_, BoxError>(AccessToken::new(format!("t{n}"), Duration::from_secs(6))?) }
+    })
+    .refresh_jitter(Duration::ZERO)
+    .token_request_timeout(Duration::from_millis(400))
+    .build();
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (idle, other) = (runtime(), runtime());
+    let calls_now = || calls.load(std::sync::atomic::Ordering::SeqCst);
+    let first = other.block_on(cache.token()).unwrap();
+    std::thread::sleep(Duration::from_millis(3_200));
+
+    // Stale: the caller on `idle` gets t1 at once, its refresh task spawned on `idle`,
+    // which is never driven again.
+    let stale = idle.block_on(cache.token()).unwrap();
+    assert!(stale.same_secret(&first));
+    assert_eq!(calls_now(), 1, "the refresh task has not run");
+    // Within its deadline, the stuck refresh is trusted: no second one.
+    other.block_on(async {
+        assert!(cache.token().await.unwrap().same_secret(&first));
+        tokio::task::yield_now().await;
+    });
+    assert_eq!(calls_now(), 1, "trusted until its deadline");
+
+    std::thread::sleep(Duration::from_millis(900));
+    let fresh = other.block_on(async {
+        assert!(cache.token().await.unwrap().same_secret(&first));
+        tokio::time::timeout(Duration::from_secs(1), async {
+            while cache.status().state != docplanner_auth::cache::TokenState::Fresh {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("a refresh on this runtime replaced the stuck one");
+        cache.cached().unwrap()
+    });
+    assert_eq!(fresh.secret(), "t2");
+    assert_eq!(calls_now(), 2);
+    drop(idle);
+}
+
 #[test]
 fn outside_a_runtime_the_cache_says_so_instead_of_panicking() {
     let cache = TokenCache::new(|| async {
@@ -351,6 +407,26 @@ async fn short_lived_tokens_are_refreshed_in_the_background() {
         fake.token_requests - 1,
         "nobody waited"
     );
+}
+
+/// An absurd configured backoff (`Duration::MAX`) does not overflow the clock: the next
+/// attempt is scheduled a day ahead, the furthest the cache schedules anything.
+#[tokio::test(start_paused = true)]
+async fn an_absurd_backoff_waits_a_day() {
+    let mut backoff = docplanner_auth::cache::Backoff::default();
+    backoff.base = Duration::MAX;
+    backoff.cap = Duration::MAX;
+    backoff.permanent_base = Duration::MAX;
+    backoff.permanent_cap = Duration::MAX;
+    backoff.jitter = 0.0;
+    let cache = TokenCache::builder(|| async {
+        Err::<AccessToken, BoxError>(docplanner_auth::Error::transient("down").into())
+    })
+    .backoff(backoff)
+    .build();
+    assert!(cache.token().await.is_err());
+    let day = Duration::from_secs(24 * 60 * 60);
+    assert_eq!(cache.status().backing_off_for, Some(day));
 }
 
 /// A source of one's own that fails the way `failure(call)` says; counts its calls.
@@ -455,6 +531,11 @@ async fn status_follows_the_token_through_its_life() {
     let status = s.cache.status();
     assert_eq!(status.state, TokenState::BackingOff);
     assert!(!status.is_usable());
+    // At the very instant the backoff ends a refresh may start: no longer backing off.
+    advance(status.backing_off_for.unwrap()).await;
+    let status = s.cache.status();
+    assert_eq!(status.state, TokenState::Expired);
+    assert_eq!(status.backing_off_for, None);
 
     // The endpoint heals: fresh again after the backoff.
     s.fake.clear_token_faults();

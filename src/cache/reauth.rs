@@ -296,6 +296,36 @@ mod tests {
         );
     }
 
+    /// What a caller logs from a 401's extension says why, and only a failed refresh
+    /// carries (and prints) its error.
+    #[test]
+    fn every_reason_says_why_the_401_came_back() {
+        let failed = Unauthorized::RefreshFailed(Error::transient("endpoint down"));
+        assert_eq!(
+            failed.to_string(),
+            "the API rejected the token and no new one could be obtained: endpoint down"
+        );
+        assert!(failed.refresh_error().is_some_and(Error::is_transient));
+        for (why, says) in [
+            (Unauthorized::SameToken, "handed it out again"),
+            (
+                Unauthorized::NotReplayable,
+                "could not be kept for a replay",
+            ),
+            (
+                Unauthorized::RateLimited,
+                "the rejection backoff is running",
+            ),
+            (
+                Unauthorized::RejectedAfterReplay,
+                "rejected the request again",
+            ),
+        ] {
+            assert!(why.to_string().contains(says), "{why}");
+            assert!(why.refresh_error().is_none(), "{why:?}");
+        }
+    }
+
     #[test]
     fn a_scheduled_token_is_not_evidence_and_zero_turns_the_limit_off() {
         let now = Instant::now();
