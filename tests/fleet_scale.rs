@@ -63,7 +63,7 @@ async fn replicas_at_scale_wait_for_the_publication() {
         reads <= replicas as u64 * 6 / 5,
         "{reads} reads of the store"
     );
-    // Steady: one token request per refresh moment (a 4 s token is renewed 0.9 s to 1.1 s
+    // Steady: one token request per refresh moment (a 4 s token is renewed about 2.9 s
     // after issue), a replica that heard of a live lock does not try it (at most 10 % of
     // the replicas per refresh look before the notice reaches them), and at most 4 Redis
     // commands per replica per token lifetime.

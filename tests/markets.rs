@@ -814,3 +814,35 @@ async fn the_redirect_policy_follows_only_inside_one_set_or_outside_every_set() 
         (1, 0, 1)
     );
 }
+
+/// A set on a port other than 443 owns that port only: with pass-through on, a request to
+/// the same host on 443 is another origin and passes through untouched (the router's host
+/// table holds `host:port` for such a set, the bare host only for port 443).
+#[tokio::test(start_paused = true)]
+async fn a_set_on_another_port_does_not_claim_the_hosts_443() {
+    let mut market = Market::new(7);
+    market.api_base = "https://www.market7.test:8443/api".to_owned();
+    let router = Router::builder(Market::new(0).set())
+        .set(market.set())
+        .pass_through(true)
+        .build()
+        .unwrap();
+    let seen = Seen::default();
+    let client = BearerAuthLayer::routed(router).layer(api(seen.clone(), Arc::default()));
+    for url in [
+        "https://www.market7.test:8443/api/x",
+        "https://www.market7.test/api/x",
+    ] {
+        let response = send(client.clone(), get(url)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{url}");
+    }
+    assert_eq!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .map(|(_, auth)| auth.as_deref())
+            .collect::<Vec<_>>(),
+        [Some("Bearer m7-1"), None]
+    );
+    assert_eq!(market.fetches(), 1);
+}

@@ -67,11 +67,11 @@ const JITTER_SHARE: u32 = 40;
 
 /// The share of the stale window over which the replicas of a fleet spread their first
 /// look at the store after the refresh moment they agree on (when it is longer than the
-/// jitter): a quarter. The first replica refreshes at that moment; the others look later
+/// jitter): a half. The first replica refreshes at that moment; the others look later
 /// and most of them have heard of its lock or its token by then (a notice takes a round
-/// trip, more on a loaded machine), while three quarters of the window remain for the
-/// retries of a failing endpoint.
-const LOOK_SHARE: u32 = 4;
+/// trip, more on a loaded machine; a 4 s token's stale window is only 0.6 s), while half
+/// of the window remains for the retries of a failing endpoint.
+const LOOK_SHARE: u32 = 2;
 
 /// The three states of a cached token at a given instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,9 +151,7 @@ impl RefreshPolicy {
         let margin = self
             .margin
             .min((lifetime / MARGIN_SHARE).max(floor(EXPIRY_GRANULARITY)));
-        let lead = self
-            .lead
-            .min((lifetime / LEAD_SHARE).max(floor(MIN_LEAD)));
+        let lead = self.lead.min((lifetime / LEAD_SHARE).max(floor(MIN_LEAD)));
         let jitter = self
             .jitter_span(lifetime)
             .mul_f64(jitter_fraction.clamp(0.0, 1.0));
@@ -177,7 +175,7 @@ impl RefreshPolicy {
     /// the same refresh moment from `agreed` (a fraction derived from the token itself),
     /// so the fleet refreshes when one cache would, not at its earliest replica's moment;
     /// this replica then turns stale at the point `own` (its random fraction) of a span
-    /// after that moment (the jitter, or a quarter of the stale window if that is longer),
+    /// after that moment (the jitter, or half of the stale window if that is longer),
     /// never past `usable_until`. The first replica to
     /// turn stale refreshes; the others are spread over the span, so most of them hear of
     /// its lock, or of its new token, before they look.
@@ -356,7 +354,7 @@ mod tests {
         assert_eq!(s.refresh_at, at(t0, 7.75));
         let s = RefreshPolicy::default().schedule(t0, at(t0, 10.0), 1.0);
         assert_eq!(s.refresh_at, at(t0, 7.5)); // jitter a fortieth
-        // 16 s: both floors whole (2 s and 1 s)
+                                               // 16 s: both floors whole (2 s and 1 s)
         let s = RefreshPolicy::default().schedule(t0, at(t0, 16.0), 0.0);
         assert_eq!((s.refresh_at, s.usable_until), (at(t0, 13.0), at(t0, 15.0)));
         // 4 s: lead and margin an eighth each, renewed after 2.9 s at the latest jitter
@@ -381,10 +379,10 @@ mod tests {
         let first = policy.shared_schedule(t0, at(t0, 3600.0), 0.25, 0.0);
         assert_eq!(first, agreed);
         let last = policy.shared_schedule(t0, at(t0, 3600.0), 0.25, 1.0);
-        // a quarter of the stale window (315 s) beats the jitter (60 s)
+        // half of the stale window (315 s) beats the jitter (60 s)
         assert_eq!(
             last.refresh_at,
-            agreed.refresh_at + Duration::from_secs_f64(78.75)
+            agreed.refresh_at + Duration::from_secs_f64(157.5)
         );
         assert_eq!(last.usable_until, agreed.usable_until);
         // never past the end of use, even with a policy whose jitter exceeds its lead
