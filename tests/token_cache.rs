@@ -315,15 +315,16 @@ fn a_refresh_stuck_on_an_idle_runtime_does_not_hold_other_runtimes() {
 /// A background refresh whose task sits on a runtime nobody drives is trusted for its
 /// deadline (the token request timeout twice here: 800 ms), then presumed stuck: the next
 /// caller in the stale window starts another one on its own runtime. Real clock (two
-/// runtimes), a 6 s token: stale from 3 s, unusable from 5 s; each step has 0.8 s of
-/// slack for a loaded machine.
+/// runtimes), a 16 s token (the shortest whose lead and margin floors are whole: 2 s and
+/// 1 s): stale from 13 s, unusable from 15 s; each step has 0.8 s of slack for a loaded
+/// machine.
 #[test]
 fn a_background_refresh_stuck_on_an_idle_runtime_is_replaced_after_its_deadline() {
     let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let counted = Arc::clone(&calls);
     let cache = TokenCache::builder(move || {
         let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        async move { Ok::<_, BoxError>(AccessToken::new(format!("t{n}"), Duration::from_secs(6))?) }
+        async move { Ok::<_, BoxError>(AccessToken::new(format!("t{n}"), Duration::from_secs(16))?) }
     })
     .refresh_jitter(Duration::ZERO)
     .token_request_timeout(Duration::from_millis(400))
@@ -337,7 +338,7 @@ fn a_background_refresh_stuck_on_an_idle_runtime_is_replaced_after_its_deadline(
     let (idle, other) = (runtime(), runtime());
     let calls_now = || calls.load(std::sync::atomic::Ordering::SeqCst);
     let first = other.block_on(cache.token()).unwrap();
-    std::thread::sleep(Duration::from_millis(3_200));
+    std::thread::sleep(Duration::from_millis(13_200));
 
     // Stale: the caller on `idle` gets t1 at once, its refresh task spawned on `idle`,
     // which is never driven again.
