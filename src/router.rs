@@ -381,6 +381,7 @@ impl Router {
     }
 
     /// The scopes of the sets chosen by host, for a redirect policy.
+    #[cfg(any(feature = "reqwest", feature = "tower-http"))]
     pub(crate) fn scopes(&self) -> Vec<Scope> {
         self.shared.sets.iter().map(|s| s.scope.clone()).collect()
     }
@@ -689,6 +690,7 @@ impl RouterBuilder {
 /// every set (a foreign host would choose an authenticated call), out of a set, or from
 /// one set to another stops, and the caller gets the `3xx`. `previous` and `next` say
 /// whether a scope admits each hop.
+#[cfg(any(feature = "reqwest", feature = "tower-http"))]
 pub(crate) fn follows_redirect(
     scopes: &[Scope],
     previous: impl Fn(&Scope) -> bool,

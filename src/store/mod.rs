@@ -161,12 +161,14 @@ impl Watchers {
     }
 
     /// Forget `name` (its listening failed): its receivers see the channel closed.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // only the Redis listener forgets
     pub(crate) fn forget(&self, name: &str) {
         let mut senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
         senders.remove(name);
     }
 
     /// Forget every channel (the store stopped listening).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // only the Redis listener forgets
     pub(crate) fn clear(&self) {
         let mut senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
         senders.clear();
