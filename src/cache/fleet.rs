@@ -331,3 +331,44 @@ impl Fleet {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn fleet(key: &str) -> Fleet {
+        Fleet::new(
+            Arc::new(MemoryStore::new()),
+            StoreKey::custom(key),
+            Duration::from_millis(500),
+            Duration::from_secs(10),
+        )
+    }
+
+    fn token(secret: &str) -> AccessToken {
+        AccessToken::new(secret, Duration::from_secs(3600)).unwrap()
+    }
+
+    /// The agreed fraction is part of the fleet's protocol: every replica, of this version
+    /// or another one during a rolling deploy, computes the same value for a token (pinned
+    /// here), and different tokens spread over the whole jitter span.
+    #[test]
+    fn the_agreed_fraction_is_one_value_per_token_and_spread_across_tokens() {
+        let one = fleet("clinic").agreed_fraction(&token("t0k3n-one"));
+        assert_eq!(one, fleet("clinic").agreed_fraction(&token("t0k3n-one")));
+        assert_eq!(one, PINNED);
+        let fractions: Vec<f64> = (0..400)
+            .map(|i| fleet(&format!("key-{}", i % 7)).agreed_fraction(&token(&format!("tok-{i}"))))
+            .collect();
+        assert!(fractions.iter().all(|f| (0.0..1.0).contains(f)));
+        let below_half = fractions.iter().filter(|f| **f < 0.5).count();
+        assert!(
+            (100..=300).contains(&below_half),
+            "{below_half} of 400 below 0.5"
+        );
+    }
+
+    const PINNED: f64 = 0.294_559_052_886_922_5;
+}
