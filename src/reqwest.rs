@@ -244,10 +244,11 @@ impl Target for UrlTarget<'_> {
     }
 
     fn check(&self, scope: &Scope) -> Result<(), Error> {
-        let url = self.url;
-        check_url(scope, url).and_then(|()| {
-            check_host_header(self.headers, url.scheme() == "https", url.authority())
-        })
+        check_url(scope, self.url).and_then(|()| self.check_host_header())
+    }
+
+    fn check_host_header(&self) -> Result<(), Error> {
+        check_host_header(self.headers, self.is_https(), self.url.authority())
     }
 
     fn host(&self) -> &str {

@@ -87,7 +87,7 @@ use tokio::time::Instant;
 
 use crate::cache::TokenCache;
 use crate::error::{Error, Kind};
-use crate::origin::{Origin, Scope};
+use crate::origin::{check_host_header, Origin, Scope};
 
 /// Default most tenant sets kept at once: 1,024. Past it, the least recently used is
 /// dropped (and built again by the lookup if it comes back): a few hundred bytes each plus
@@ -232,7 +232,12 @@ impl Set {
     /// a refusal is counted on the set's cache.
     #[inline]
     fn check(&self, target: &impl Target) -> Result<(), Error> {
-        let checked = target.check(&self.scope);
+        self.counted(target.check(&self.scope))
+    }
+
+    /// `checked`, a refusal counted on this set's cache.
+    #[inline]
+    fn counted(&self, checked: Result<(), Error>) -> Result<(), Error> {
         if let Err(error) = &checked {
             self.cache.count_refused(error);
         }
@@ -247,6 +252,10 @@ pub(crate) trait Target {
     fn admitted_by(&self, scope: &Scope) -> bool;
     /// The full check before a token of `scope` is attached.
     fn check(&self, scope: &Scope) -> Result<(), Error>;
+    /// Only the last part of [`check`](Self::check): a caller's `Host` header names the
+    /// request's own authority. For a request whose scheme and authority are known good
+    /// (found in the router's table).
+    fn check_host_header(&self) -> Result<(), Error>;
     /// The request's host.
     fn host(&self) -> &str;
     /// Whether the request is `https`.
@@ -270,6 +279,14 @@ impl Target for HttpTarget<'_> {
     #[inline]
     fn check(&self, scope: &Scope) -> Result<(), Error> {
         scope.check_request(self.uri, self.headers)
+    }
+
+    #[inline]
+    fn check_host_header(&self) -> Result<(), Error> {
+        match self.uri.authority() {
+            Some(authority) => check_host_header(self.headers, self.is_https(), authority.as_str()),
+            None => Ok(()), // no table entry has an empty authority: never asked
+        }
     }
 
     fn host(&self) -> &str {
@@ -446,25 +463,30 @@ impl Router {
         if let Some(key) = extensions.get::<CredentialSet>() {
             return shared.by_key(key, target);
         }
-        let set = match shared.sets.as_slice() {
+        let sets = shared.sets.as_slice();
+        let set = match sets {
             // One set and no pass-through: its own check says why a request is refused.
             [only] if !shared.pass_through => only,
-            sets => match shared
-                .lookup(target)
-                .or_else(|| sets.iter().find(|s| target.admitted_by(&s.scope)))
-            {
-                Some(set) => set,
-                None => match sets
-                    .iter()
-                    .find(|s| !target.is_https() && s.scope.has_host(target.host()))
-                {
-                    // A set's host by plain http: a mistake, not another API; its check
-                    // says what is wrong.
+            _ => {
+                if let Some(set) = shared.lookup(target) {
+                    // In the table: an `https` request for one of this set's origins,
+                    // written as configured. Only its `Host` header is left to check.
+                    set.counted(target.check_host_header())?;
+                    return Ok(Route::Set(set));
+                }
+                let admitted = sets.iter().find(|s| target.admitted_by(&s.scope));
+                // Else a set's host by plain http: a mistake, not another API; its check
+                // says what is wrong.
+                let plain_http = || {
+                    sets.iter()
+                        .find(|s| !target.is_https() && s.scope.has_host(target.host()))
+                };
+                match admitted.or_else(plain_http) {
                     Some(set) => set,
                     None if shared.pass_through => return Ok(Route::PassThrough),
                     None => return Err(shared.no_set(target.host())),
-                },
-            },
+                }
+            }
         };
         set.check(target)?;
         Ok(Route::Set(set))

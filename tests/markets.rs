@@ -846,3 +846,38 @@ async fn a_set_on_another_port_does_not_claim_the_hosts_443() {
     );
     assert_eq!(market.fetches(), 1);
 }
+
+/// A routed layer checks a caller's `Host` header as the single-set layer does: a request
+/// for market 0 whose `Host` names market 1 (or anything else) is refused before anything
+/// is sent, and counted on market 0's set; its own host, written otherwise, is fine.
+#[tokio::test(start_paused = true)]
+async fn a_host_header_naming_another_host_is_refused_by_a_routed_layer() {
+    let markets: Vec<Market> = (0..2).map(Market::new).collect();
+    let layer = BearerAuthLayer::routed(router(&markets).build().unwrap());
+    let seen = Seen::default();
+    let client = layer.layer(api(seen.clone(), Arc::default()));
+    let with_host = |host: &str| {
+        Request::get(markets[0].url())
+            .header(http::header::HOST, host)
+            .body(Full::default())
+            .unwrap()
+    };
+    for host in ["www.market1.test", "evil.example", "www.market0.test:8443"] {
+        let error = refusal(client.clone(), with_host(host)).await;
+        assert!(error.is_host_not_allowed(), "{host}: {error}");
+    }
+    assert!(seen.lock().unwrap().is_empty(), "nothing was sent");
+    assert_eq!((markets[0].fetches(), markets[1].fetches()), (0, 0));
+    assert_eq!(layer.router().sets()[0].cache().stats().refused_requests, 3);
+    assert_eq!(layer.router().sets()[1].cache().stats().refused_requests, 0);
+
+    for host in ["www.market0.test", "WWW.market0.test:443"] {
+        let response = send(client.clone(), with_host(host)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{host}");
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert!(seen
+        .iter()
+        .all(|(_, a)| a.as_deref() == Some("Bearer m0-1")));
+}

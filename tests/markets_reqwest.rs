@@ -253,3 +253,38 @@ async fn a_credential_set_extension_picks_a_set_whose_token_stays_on_its_origins
     assert_eq!(s.es.stats().api_requests, 0);
     assert_eq!(s.token_requests(), [0, 0, 1, 0]);
 }
+
+/// A routed middleware checks a caller's `Host` header as the single-set one does: a
+/// request for Spain whose `Host` names Poland's authority is refused before anything is
+/// sent; Spain's own authority is fine.
+#[tokio::test]
+async fn a_host_header_naming_another_market_is_refused() {
+    let s = setup().await;
+    let router = s.router().build().unwrap();
+    let client = s.client(BearerAuthMiddleware::routed(router.clone()));
+    let url = format!("{}/facilities", s.es.api_base());
+    let authority = |fake: &FakeDocplanner| {
+        let base = reqwest::Url::parse(&fake.api_base()).unwrap();
+        format!("{}:{}", base.host_str().unwrap(), base.port().unwrap())
+    };
+    let send = |host: String| {
+        let request = client.get(&url).header(reqwest::header::HOST, host);
+        async move {
+            tokio::time::timeout(PATIENCE, request.send())
+                .await
+                .expect("the request did not complete in time")
+        }
+    };
+    let error = refusal(send(authority(&s.pl)).await.unwrap_err());
+    assert!(error.is_host_not_allowed(), "{error}");
+    assert_eq!(
+        (s.es.stats().api_requests, s.pl.stats().api_requests),
+        (0, 0)
+    );
+    assert_eq!(s.token_requests(), [0, 0, 0, 0]);
+    assert_eq!(router.sets()[0].cache().stats().refused_requests, 1);
+
+    let response = send(authority(&s.es)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(s.es.stats().api_ok, 1);
+}
