@@ -254,6 +254,27 @@ async fn redis_killed_mid_run_fails_no_request() {
     println!("case redis killed: replicas=8 requests={} ok={} token_requests={} fault_episodes_per_replica=1", 160 + rounds * 40, stats.api_ok, stats.token_requests);
 }
 
+/// Make Redis answer nothing for `seconds` (`DEBUG SLEEP`), from a connection of its own;
+/// the task ends when Redis wakes up.
+fn redis_sleeps(redis: &RedisServer, seconds: &'static str) -> tokio::task::JoinHandle<()> {
+    let url = redis.url();
+    tokio::spawn(async move {
+        let client = redis::Client::open(url).unwrap();
+        // redis 1.x gives multiplexed connections a 500 ms response timeout by default.
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+        let mut connection = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .unwrap();
+        let _: redis::Value = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(seconds)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_at_start_slow_or_flushed_fails_no_request() {
     // Down at start: nothing listens on the port.
@@ -277,24 +298,7 @@ async fn redis_down_at_start_slow_or_flushed_fails_no_request() {
     // Slow: Redis sleeps 2 s, longer than the store timeout (500 ms).
     let fake = FakeDocplanner::builder().in_process();
     let fleet = replicas(&fake, &redis.url(), 3);
-    let sleeper = tokio::spawn({
-        let url = redis.url();
-        async move {
-            let client = redis::Client::open(url).unwrap();
-            // redis 1.x gives multiplexed connections a 500 ms response timeout by default.
-            let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-            let mut connection = client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-                .unwrap();
-            let _: redis::Value = redis::cmd("DEBUG")
-                .arg("SLEEP")
-                .arg("2")
-                .query_async(&mut connection)
-                .await
-                .unwrap();
-        }
-    });
+    let sleeper = redis_sleeps(&redis, "2");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(load(&fake, &fleet, 50).await, 150);
     assert!(fake.stats().token_requests <= 3);
@@ -488,4 +492,75 @@ async fn a_redis_store_pushes_its_notices() {
     let client = redis::Client::open(redis.url()).unwrap();
     let own = RedisStore::with_connection(client.get_multiplexed_async_connection().await.unwrap());
     assert!(own.watch("notices").await.unwrap().is_none());
+}
+
+/// A Redis slower than the default 500 ms is still shared when the store's timeout
+/// (`RedisStore::timeout`) and the cache's store timeout are raised: while Redis sleeps
+/// 1.5 s, replicas with 3 s timeouts (one already connected, one cold) adopt the token
+/// another replica stored, and a replica with the defaults gives up on Redis and fetches
+/// its own (the fake counts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_is_shared_by_a_store_with_a_raised_timeout() {
+    let Some(redis) = RedisServer::start("a_slow_redis_is_shared_by_a_store_with_a_raised_timeout")
+    else {
+        return;
+    };
+    let fake = FakeDocplanner::builder().in_process();
+    let key = fake.credentials().unwrap().store_key();
+    let store = |timeout: Option<Duration>| {
+        let store = RedisStore::open(&redis.url()).unwrap();
+        match timeout {
+            Some(timeout) => store.timeout(timeout).unwrap(),
+            None => store,
+        }
+    };
+    let cache = |store: RedisStore, timeout: Option<Duration>| {
+        let mut builder = TokenCache::builder(fake.credentials().unwrap());
+        if let Some(timeout) = timeout {
+            builder = builder.store_timeout(timeout);
+        }
+        builder.store(store, key.clone()).build()
+    };
+    let patience = Duration::from_secs(20);
+    let first = tokio::time::timeout(patience, cache(store(None), None).token())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fake.stats().token_requests, 1);
+    let raised = Some(Duration::from_secs(3));
+    // Connected before Redis turns slow: only its answers are late.
+    let connected = store(raised);
+    tokio::time::timeout(patience, async {
+        connected.load(key.as_str()).await.unwrap();
+        connected.watch(key.as_str()).await.unwrap();
+    })
+    .await
+    .unwrap();
+
+    let sleeper = redis_sleeps(&redis, "1.5");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let connected = cache(connected, raised);
+    let cold = cache(store(raised), raised);
+    let hasty = cache(store(None), None);
+    let (connected, cold, hasty) = tokio::time::timeout(patience, async {
+        tokio::join!(connected.token(), cold.token(), hasty.token())
+    })
+    .await
+    .unwrap();
+    assert!(connected.unwrap().same_secret(&first), "the stored token");
+    assert!(cold.unwrap().same_secret(&first), "the stored token");
+    assert!(!hasty.unwrap().same_secret(&first), "fetched alone");
+    assert_eq!(
+        fake.stats().token_requests,
+        2,
+        "only the replica with the default timeouts fetched"
+    );
+    let zero = RedisStore::open(&redis.url())
+        .unwrap()
+        .timeout(Duration::ZERO);
+    assert!(zero.is_err_and(|e| e.is_config()));
+    tokio::time::timeout(patience, sleeper)
+        .await
+        .unwrap()
+        .unwrap();
 }

@@ -797,7 +797,9 @@ impl TokenCacheBuilder {
         self
     }
 
-    /// The timeout of each store operation (default [`DEFAULT_STORE_TIMEOUT`]).
+    /// The timeout of each store operation (default [`DEFAULT_STORE_TIMEOUT`]). A
+    /// `RedisStore` made from a URL (feature `redis`) also bounds each answer with its own
+    /// timeout (`RedisStore::timeout`, 500 ms): raise both.
     pub fn store_timeout(mut self, timeout: Duration) -> Self {
         self.store_timeout = timeout;
         self

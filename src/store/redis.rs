@@ -69,8 +69,9 @@ redis.pcall('PUBLISH', ARGV[3], 'token ' .. ARGV[1])
 return 1
 "#;
 
-/// Redis timeouts for connecting and for each answer: 500 ms, as the cache's default
-/// store timeout. A replica never waits long on Redis: it fetches on its own instead.
+/// The default Redis timeouts for connecting and for each answer: 500 ms, as the cache's
+/// default store timeout. A replica never waits long on Redis: it fetches on its own
+/// instead.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A [`TokenStore`] on Redis: the replicas of a fleet share one token and make one
@@ -160,6 +161,8 @@ enum Connection {
 /// failed attempt), and the pub/sub connection that listens to the notices.
 struct Lazy {
     client: Client,
+    /// The connection and response timeout of both connections.
+    timeout: Duration,
     manager: Mutex<Option<ConnectionManager>>,
     listener: Mutex<Option<Listener>>,
 }
@@ -210,10 +213,11 @@ impl RedisStore {
 
     /// A store over your `redis::Client` (built with your own TLS certificates, for
     /// instance): it makes its own connection manager on first use, with 500 ms connection
-    /// and response timeouts, and reconnects by itself.
+    /// and response timeouts (see [`timeout`](Self::timeout)), and reconnects by itself.
     pub fn from_client(client: Client) -> Self {
         Self::new(Connection::Lazy(Arc::new(Lazy {
             client,
+            timeout: REDIS_TIMEOUT,
             manager: Mutex::new(None),
             listener: Mutex::new(None),
         })))
@@ -241,6 +245,31 @@ impl RedisStore {
             unlock: Arc::new(Script::new(UNLOCK)),
             publish: Arc::new(Script::new(PUBLISH)),
         }
+    }
+
+    /// The connection and response timeout of the connections this store makes (from
+    /// [`open`](Self::open) or [`from_client`](Self::from_client)): default 500 ms, the
+    /// cache's default store timeout. Raise it with
+    /// [`TokenCacheBuilder::store_timeout`](crate::TokenCacheBuilder::store_timeout) for a
+    /// Redis that answers slower (each operation ends at the shorter of the two). Set it
+    /// before the store is first used; a store on your own connection
+    /// ([`with_connection`](Self::with_connection)) has your connection's timeouts, and
+    /// this changes nothing. A zero timeout is refused.
+    pub fn timeout(mut self, timeout: Duration) -> Result<Self, Error> {
+        if timeout.is_zero() {
+            return Err(Error::config(
+                "the Redis timeout must be longer than zero: every answer would time out",
+            ));
+        }
+        if let Connection::Lazy(lazy) = &self.connection {
+            self.connection = Connection::Lazy(Arc::new(Lazy {
+                client: lazy.client.clone(),
+                timeout,
+                manager: Mutex::new(None),
+                listener: Mutex::new(None),
+            }));
+        }
+        Ok(self)
     }
 
     /// Prefix every key with `prefix` (for ACLs restricted to a key pattern, or several
@@ -273,8 +302,8 @@ impl RedisStore {
             return Ok(DynConnection(Box::new(connection.clone())));
         }
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(REDIS_TIMEOUT))
-            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_connection_timeout(Some(lazy.timeout))
+            .set_response_timeout(Some(lazy.timeout))
             .set_number_of_retries(1);
         let connection = lazy
             .client
@@ -293,7 +322,7 @@ impl RedisStore {
             .is_some_and(|l| l.alive.load(Ordering::Acquire))
         {
             let pubsub =
-                tokio::time::timeout(REDIS_TIMEOUT, lazy.client.get_async_pubsub()).await??;
+                tokio::time::timeout(lazy.timeout, lazy.client.get_async_pubsub()).await??;
             let (sink, stream) = pubsub.split();
             let listener = Listener {
                 sink,
@@ -323,7 +352,7 @@ impl RedisStore {
         let channel = self.channel(key);
         let (receiver, created) = listener.watchers.subscribe(&channel);
         if created {
-            let subscribe = tokio::time::timeout(REDIS_TIMEOUT, listener.sink.subscribe(&channel));
+            let subscribe = tokio::time::timeout(lazy.timeout, listener.sink.subscribe(&channel));
             if let Err(error) = subscribe.await.map_err(BoxError::from).and_then(|r| Ok(r?)) {
                 listener.watchers.forget(&channel);
                 return Err(error);
