@@ -571,4 +571,10 @@ async fn a_slow_redis_is_shared_by_a_store_with_a_raised_timeout() {
         .await
         .unwrap()
         .unwrap();
+    // No overflow with the longest timeout there is.
+    let endless = store(Some(Duration::MAX));
+    let loaded = tokio::time::timeout(patience, endless.load(key.as_str())).await;
+    assert!(loaded.unwrap().unwrap().unwrap().is(&first));
+    let watched = tokio::time::timeout(patience, endless.watch(key.as_str())).await;
+    assert!(watched.unwrap().unwrap().is_some());
 }
