@@ -23,10 +23,11 @@
 //!    token request, no replay.
 //!
 //! Choosing among host-routed sets is one lookup of the request's authority as written in
-//! a table of every set's `https` authorities (hashed in constant time), with no
+//! a table of every set's `https` authorities (one hash, nearly always one slot), with no
 //! allocation; only a miss (an upper-case host, plain `http`, a host outside every set)
 //! asks each set in turn. Its cost next to a single set is measured by
-//! `benches/hot_path.rs`, case `f_routed_16_sets` (see BENCHMARKS.md).
+//! `benches/hot_path.rs`, case `f_routed_16_sets` (see BENCHMARKS.md): about 15–20 ns
+//! at 16 sets.
 //!
 //! # Redirects
 //!
@@ -78,7 +79,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
+
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -285,7 +286,7 @@ impl Target for HttpTarget<'_> {
     fn check_host_header(&self) -> Result<(), Error> {
         match self.uri.authority() {
             Some(authority) => check_host_header(self.headers, self.is_https(), authority.as_str()),
-            None => Ok(()), // no table entry has an empty authority: never asked
+            None => Ok(()), // asked after a table hit only: there is an authority
         }
     }
 
@@ -344,7 +345,7 @@ struct Shared {
     /// The fast path of the choice by host: an `https` request's authority as written
     /// (lower case) → its set, built once. A miss falls back to asking each set (upper
     /// case, origins added later), so it is only ever a shortcut.
-    by_authority: HashMap<Box<str>, usize, BuildHasherDefault<HostHash>>,
+    by_authority: HostTable,
     pass_through: bool,
     tenants: Option<Arc<Tenants>>,
 }
@@ -420,7 +421,7 @@ impl Router {
         Self {
             shared: Arc::new(Shared {
                 sets: vec![set],
-                by_authority: HashMap::default(),
+                by_authority: HostTable::default(),
                 pass_through: false,
                 tenants: None,
             }),
@@ -447,7 +448,7 @@ impl Router {
             )));
         }
         shared.sets[0].scope.add(origin);
-        shared.by_authority = authority_table(&shared.sets);
+        shared.by_authority = HostTable::new(&shared.sets);
         Ok(())
     }
 
@@ -497,7 +498,7 @@ impl Shared {
     /// The set of an `https` request whose authority is in the table.
     #[inline]
     fn lookup(&self, target: &impl Target) -> Option<&Set> {
-        let index = *self.by_authority.get(target.https_authority()?)?;
+        let index = self.by_authority.get(target.https_authority()?)?;
         self.sets.get(index)
     }
 
@@ -697,7 +698,7 @@ impl RouterBuilder {
         };
         Ok(Router {
             shared: Arc::new(Shared {
-                by_authority: authority_table(&self.sets),
+                by_authority: HostTable::new(&self.sets),
                 sets: self.sets,
                 pass_through: self.pass_through,
                 tenants,
@@ -724,17 +725,6 @@ pub(crate) fn follows_redirect(
     }
 }
 
-/// The router's fast path: each set's `https` authorities → the set's index.
-fn authority_table(sets: &[Set]) -> HashMap<Box<str>, usize, BuildHasherDefault<HostHash>> {
-    let mut table = HashMap::default();
-    for (index, set) in sets.iter().enumerate() {
-        for authority in set.scope.https_authorities() {
-            table.insert(authority.into(), index);
-        }
-    }
-    table
-}
-
 impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Each set prints its cache (state and counters, never a token) and its origins.
@@ -757,36 +747,204 @@ impl fmt::Debug for RouterBuilder {
     }
 }
 
-/// The router's table hash: the length and the first and last eight bytes of a host name,
-/// mixed by one multiplication, in a few nanoseconds whatever the name's length (SipHash
-/// costs about 20 ns and a byte-at-a-time hash grows with the name: the 25 ns budget of
-/// choosing a set). The table holds a few dozen host names chosen by the application;
-/// names that share their length and both ends only cost one more comparison.
-#[derive(Default)]
-struct HostHash(u64);
+/// The router's fast path: each set's `https` authorities (as configured: lower case,
+/// `host` and `host:port`) → the set's index. A lookup hashes the authority eight bytes at
+/// a time and reads its slot, the next one if that holds another authority, and so on
+/// (at least four slots per authority: the first one, nearly always), comparing the full
+/// hash before the key. Plainer than a `HashMap` and a few ns faster (`benches/hot_path.rs`:
+/// the budget of choosing a set is 25 ns). The table holds what the application
+/// configured; a request can only look up.
+#[derive(Clone, Debug, Default)]
+struct HostTable {
+    /// A power of two of slots, never full (none when no set has an `https` origin).
+    slots: Box<[Option<Slot>]>,
+    /// `64 - log2(slots)`: an authority's first slot is the top bits of its hash.
+    shift: u32,
+}
 
-impl Hasher for HostHash {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let word = |chunk: &[u8]| {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            u64::from_le_bytes(word)
+#[derive(Clone, Debug)]
+struct Slot {
+    hash: u64,
+    authority: Box<str>,
+    set: usize,
+}
+
+impl HostTable {
+    fn new(sets: &[Set]) -> Self {
+        let authorities: Vec<(&str, usize)> = sets
+            .iter()
+            .enumerate()
+            .flat_map(|(index, set)| set.scope.https_authorities().map(move |a| (a, index)))
+            .collect();
+        if authorities.is_empty() {
+            return Self::default();
+        }
+        let size = (authorities.len() * 4).next_power_of_two();
+        let mut table = Self {
+            slots: vec![None; size].into_boxed_slice(),
+            shift: 64 - size.trailing_zeros(),
         };
-        let len = bytes.len();
-        let head = word(&bytes[..len.min(8)]);
-        let tail = word(&bytes[len.saturating_sub(8)..]);
-        let mixed = self.0 ^ head ^ tail.rotate_left(29) ^ (len as u64);
-        self.0 = mixed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        for (authority, set) in authorities {
+            let hash = Self::hash(authority);
+            let mut at = table.first_slot(hash);
+            loop {
+                match &table.slots[at] {
+                    // Each origin belongs to one set (checked by the builder): the first
+                    // one listed keeps it.
+                    Some(slot) if *slot.authority == *authority => break,
+                    Some(_) => at = (at + 1) & (size - 1),
+                    None => {
+                        table.slots[at] = Some(Slot {
+                            hash,
+                            authority: authority.into(),
+                            set,
+                        });
+                        break;
+                    }
+                }
+            }
+        }
+        table
     }
 
-    /// `str`'s hash ends with a `0xff` byte: nothing to add to a host name's hash.
+    /// The hash of `authority`: its bytes eight at a time, each word mixed in by one
+    /// multiplication (three for a typical `www.doctoralia.com.br`), then its length.
     #[inline]
-    fn write_u8(&mut self, _terminator: u8) {}
+    fn hash(authority: &str) -> u64 {
+        const K: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mix = |hash: u64, word: [u8; 8]| {
+            (hash ^ u64::from_le_bytes(word))
+                .wrapping_mul(K)
+                .rotate_left(23)
+        };
+        let mut words = authority.as_bytes().chunks_exact(8);
+        let mut hash = 0;
+        for word in words.by_ref() {
+            // Eight bytes: a plain load (no copy of a slice of unknown length).
+            hash = mix(hash, word.try_into().unwrap_or_default());
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            hash = mix(hash, word);
+        }
+        (hash ^ authority.len() as u64).wrapping_mul(K)
+    }
 
+    /// Where the search for `hash` starts: the multiplication leaves its best bits high.
     #[inline]
-    fn finish(&self) -> u64 {
-        // The multiplication leaves its best bits high; the table indexes with the low ones.
-        self.0 ^ (self.0 >> 32)
+    fn first_slot(&self, hash: u64) -> usize {
+        (hash >> self.shift) as usize
+    }
+
+    /// The set of `authority` if the table holds it (exactly as written).
+    #[inline]
+    fn get(&self, authority: &str) -> Option<usize> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let hash = Self::hash(authority);
+        let mut at = self.first_slot(hash);
+        loop {
+            // A free slot ends the search: the table is never full.
+            let slot = self.slots[at].as_ref()?;
+            if slot.hash == hash && *slot.authority == *authority {
+                return Some(slot.set);
+            }
+            at = (at + 1) & (self.slots.len() - 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn set(name: &str, api_base: &str) -> Set {
+        let cache = TokenCache::builder(|| async {
+            Ok::<_, crate::BoxError>(crate::AccessToken::new("t", Duration::from_secs(60))?)
+        })
+        .name(name)
+        .build();
+        Set::new(cache, api_base).unwrap()
+    }
+
+    /// Every configured authority is found, under both its spellings; anything else,
+    /// including an authority that hashes like a configured one, is not.
+    #[test]
+    fn the_host_table_finds_exactly_the_configured_authorities() {
+        let sets: Vec<Set> = (0..40)
+            .map(|i| set(&format!("m{i}"), &format!("https://www.market{i}.test")))
+            .chain([set("port", "https://api.example:8443")])
+            .collect();
+        let table = HostTable::new(&sets);
+        assert_eq!(table.slots.len(), 512, "four slots per authority at least");
+        let slots: Vec<(usize, &Slot)> = table
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(at, slot)| Some((at, slot.as_ref()?)))
+            .collect();
+        assert_eq!(slots.len(), 81, "every authority is in the table");
+        let moved = slots
+            .iter()
+            .filter(|(at, slot)| *at != table.first_slot(slot.hash))
+            .count();
+        assert!(
+            moved > 0,
+            "some found their first slot taken: searched past it"
+        );
+        for i in 0..40 {
+            assert_eq!(table.get(&format!("www.market{i}.test")), Some(i));
+            assert_eq!(table.get(&format!("www.market{i}.test:443")), Some(i));
+            assert_eq!(
+                table.get(&format!("WWW.market{i}.test")),
+                None,
+                "as configured"
+            );
+        }
+        assert_eq!(table.get("api.example:8443"), Some(40));
+        for other in [
+            "api.example",
+            "www.market1.tes",
+            "",
+            "www.market40.test",
+            "x",
+        ] {
+            assert_eq!(table.get(other), None, "{other:?}");
+        }
+        assert!(HostTable::new(&[]).get("www.market1.test").is_none());
+
+        // The hash is no secret: a request may name an authority made to hash like a
+        // configured one. Such an authority finds the slot, and is still not the set's.
+        let forged = colliding("www.market1.test");
+        assert_ne!(forged, "www.market1.test");
+        assert_eq!(
+            HostTable::hash(&forged),
+            HostTable::hash("www.market1.test")
+        );
+        assert_eq!(table.get(&forged), None, "{forged:?}");
+    }
+
+    /// Another 16-byte ASCII string with the same hash as `target` (16 bytes): its first
+    /// eight bytes chosen, its last eight solved for.
+    fn colliding(target: &str) -> String {
+        const K: u64 = 0x9e37_79b9_7f4a_7c15;
+        let word = |bytes: &[u8]| u64::from_le_bytes(bytes.try_into().unwrap());
+        let first = |w: u64| w.wrapping_mul(K).rotate_left(23);
+        let bytes = target.as_bytes();
+        let (head, tail) = (word(&bytes[..8]), word(&bytes[8..]));
+        (0u64..)
+            .map(|n| {
+                // Seven bits of `n` in each byte: ASCII.
+                let head2 = (0..8).fold(0, |w, i| w | ((n >> (7 * i)) & 0x7f) << (8 * i));
+                let tail2 = tail ^ first(head) ^ first(head2);
+                [head2.to_le_bytes(), tail2.to_le_bytes()].concat()
+            })
+            .find(|forged| forged.is_ascii() && forged != bytes)
+            .map(|forged| String::from_utf8(forged).unwrap())
+            .unwrap()
     }
 }
