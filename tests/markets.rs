@@ -881,3 +881,28 @@ async fn a_host_header_naming_another_host_is_refused_by_a_routed_layer() {
         .iter()
         .all(|(_, a)| a.as_deref() == Some("Bearer m0-1")));
 }
+
+/// A router of one set with pass-through lets other hosts through untouched, as one of
+/// several sets does (the single set's shortcut is only for a router without it).
+#[tokio::test(start_paused = true)]
+async fn one_set_with_pass_through_lets_other_hosts_through_untouched() {
+    let market = Market::new(0);
+    let router = Router::builder(market.set()).pass_through(true).build();
+    let layer = BearerAuthLayer::routed(router.unwrap());
+    let seen = Seen::default();
+    let client = layer.layer(api(seen.clone(), Arc::default()));
+    let response = send(client.clone(), get("https://other.example/x")).await;
+    assert_eq!(response.unwrap().status(), StatusCode::OK);
+    send(client.clone(), get(&market.url())).await.unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            ("other.example".to_owned(), None),
+            (
+                "www.market0.test".to_owned(),
+                Some("Bearer m0-1".to_owned())
+            )
+        ]
+    );
+    assert_eq!(market.fetches(), 1);
+}
