@@ -504,11 +504,13 @@ async fn status_follows_the_token_through_its_life() {
     let status = s.cache.status();
     assert_eq!(status.state, TokenState::Empty);
     assert!(!status.is_usable() && status.expires_in.is_none());
+    assert!(!status.is_failing(), "empty: the next request fetches");
 
     assert_eq!(status_of(s.get().await).await, StatusCode::OK);
     let status = s.cache.status();
     assert_eq!(status.state, TokenState::Fresh);
     assert_eq!(status.expires_in, Some(Duration::from_secs(3600)));
+    assert!(!status.is_failing());
 
     // A 401 while the endpoint fails: suspect, still usable, the error and backoff shown.
     s.fake.fail_all_token_requests(TokenFault::Status {
@@ -521,6 +523,10 @@ async fn status_follows_the_token_through_its_life() {
     let status = s.cache.status();
     assert_eq!(status.state, TokenState::Suspect);
     assert!(status.is_usable());
+    assert!(
+        !status.is_failing(),
+        "the endpoint fails, but a token is usable"
+    );
     assert_eq!(status.consecutive_failures, 1);
     assert_eq!(status.backing_off_for, Some(Duration::from_secs(20)));
     let error = status.last_error.unwrap();
@@ -532,11 +538,19 @@ async fn status_follows_the_token_through_its_life() {
     let status = s.cache.status();
     assert_eq!(status.state, TokenState::BackingOff);
     assert!(!status.is_usable());
+    assert!(
+        status.is_failing(),
+        "no usable token, the endpoint backing off: 503"
+    );
     // At the very instant the backoff ends a refresh may start: no longer backing off.
     advance(status.backing_off_for.unwrap()).await;
     let status = s.cache.status();
     assert_eq!(status.state, TokenState::Expired);
     assert_eq!(status.backing_off_for, None);
+    assert!(
+        !status.is_failing(),
+        "the backoff is over: the next request tries"
+    );
 
     // The endpoint heals: fresh again after the backoff.
     s.fake.clear_token_faults();
