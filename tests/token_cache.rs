@@ -432,6 +432,55 @@ async fn an_absurd_backoff_waits_a_day() {
     assert_eq!(cache.status().backing_off_for, Some(day));
 }
 
+/// A stale token whose background refresh failed: at the very instant the backoff ends,
+/// the next caller starts the retry (the stale path's lock-free look agrees with the
+/// flight, which stops backing off at that instant).
+#[tokio::test(start_paused = true)]
+async fn a_stale_token_is_refreshed_again_at_the_very_instant_the_backoff_ends() {
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&calls);
+    let mut backoff = docplanner_auth::cache::Backoff::default();
+    backoff.jitter = 0.0;
+    // Call 0: a 100 s token (stale from 82.5–85 s, usable until 95 s); call 1 fails.
+    let cache = TokenCache::builder(move || {
+        let n = counted.fetch_add(1, SeqCst);
+        async move {
+            if n == 1 {
+                return Err(docplanner_auth::Error::transient("down").into());
+            }
+            Ok::<_, BoxError>(AccessToken::new(format!("t{n}"), Duration::from_secs(100))?)
+        }
+    })
+    .backoff(backoff)
+    .build();
+    cache.token().await.unwrap();
+    advance(Duration::from_secs(86)).await;
+    assert_eq!(
+        cache.cached().unwrap().secret(),
+        "t0",
+        "stale, still served"
+    );
+    settle().await;
+    assert_eq!(
+        calls.load(SeqCst),
+        2,
+        "the background refresh ran, and failed"
+    );
+    let backoff = cache.status().backing_off_for.unwrap();
+    assert!(backoff < Duration::from_secs(9), "{backoff:?}");
+
+    advance(backoff).await;
+    assert_eq!(cache.cached().unwrap().secret(), "t0");
+    settle().await;
+    assert_eq!(
+        calls.load(SeqCst),
+        3,
+        "retried at the instant the backoff ended"
+    );
+    assert_eq!(cache.cached().unwrap().secret(), "t2");
+}
+
 /// A source of one's own that fails the way `failure(call)` says; counts its calls.
 fn failing_source(
     failure: impl Fn(u32) -> docplanner_auth::Error + Send + Sync + 'static,
