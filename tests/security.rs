@@ -187,6 +187,14 @@ async fn nothing_prints_a_secret_or_a_token() {
         "{token:?}"
     );
 
+    // So does the cache builder: its name and settings (an empty Debug would pass too).
+    let shown = format!("{cache_builder:?}");
+    assert!(
+        shown.starts_with(r#"TokenCacheBuilder { name: "fake-docplanner", config: Config { "#)
+            && shown.ends_with(", .. }"),
+        "{shown}"
+    );
+
     // A header map holding our Authorization header.
     let mut headers = http::HeaderMap::new();
     headers.insert(http::header::AUTHORIZATION, token.header_value().clone());
