@@ -187,7 +187,14 @@ async fn nothing_prints_a_secret_or_a_token() {
         "{token:?}"
     );
 
-    // So does the cache builder: its name and settings (an empty Debug would pass too).
+    // So do the cache (its name, state and counters) and its builder (its name and
+    // settings): an empty Debug would pass the checks below too.
+    let shown = format!("{cache:?}");
+    assert!(
+        shown.starts_with(r#"TokenCache { name: "fake-docplanner", state: Fresh, stats: "#)
+            && shown.ends_with(", .. }"),
+        "{shown}"
+    );
     let shown = format!("{cache_builder:?}");
     assert!(
         shown.starts_with(r#"TokenCacheBuilder { name: "fake-docplanner", config: Config { "#)
