@@ -301,6 +301,42 @@ async fn a_host_outside_every_set_is_refused_by_default_and_passes_through_untou
     assert_eq!(seen.lock().unwrap().len(), 4);
 }
 
+/// A request that passes through untouched keeps its body too: the inner service reads
+/// every byte the caller sent (the body is not recorded, there is no replay).
+#[tokio::test(start_paused = true)]
+async fn a_request_passed_through_keeps_its_body() {
+    use http_body_util::BodyExt as _;
+
+    let markets: Vec<Market> = (0..2).map(Market::new).collect();
+    let received: Arc<Mutex<Vec<Bytes>>> = Arc::default();
+    let api = {
+        let received = Arc::clone(&received);
+        service_fn(move |request: Request<ReplayBody<Full<Bytes>>>| {
+            let received = Arc::clone(&received);
+            async move {
+                let body = request.into_body().collect().await?.to_bytes();
+                received.lock().unwrap().push(body);
+                Ok::<_, BoxError>(Response::new(Full::new(Bytes::new())))
+            }
+        })
+    };
+    let client =
+        BearerAuthLayer::routed(router(&markets).pass_through(true).build().unwrap()).layer(api);
+    let request = Request::post("https://api.other.test/v1/things")
+        .body(Full::new(Bytes::from_static(b"{\"passed\":true}")))
+        .unwrap();
+    assert_eq!(
+        send(client, request).await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(*received.lock().unwrap(), [&b"{\"passed\":true}"[..]]);
+    assert_eq!(
+        markets[0].fetches() + markets[1].fetches(),
+        0,
+        "no token request"
+    );
+}
+
 /// Counts the live caches built by a tenant lookup: one guard per cache, dropped with it.
 #[derive(Default, Clone)]
 struct Live(Arc<AtomicUsize>);

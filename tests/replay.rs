@@ -326,6 +326,42 @@ async fn a_streamed_body_under_the_limit_is_replayed() {
     assert_eq!(s.cache.stats().replays, 1);
 }
 
+/// The default replay limit is 64 KiB: a booking padded to exactly that many bytes is
+/// replayed after a 401, one byte more gets its 401 back, not replayed.
+#[tokio::test(start_paused = true)]
+async fn the_default_limit_replays_a_body_of_64_kib_and_not_one_byte_more() {
+    let s = in_process();
+    s.cache.token().await.unwrap();
+    let padded = |len: usize| {
+        // JSON allows trailing whitespace: the same booking, `len` bytes long.
+        let mut body = booking_json().to_vec();
+        body.resize(len, b' ');
+        Bytes::from(body)
+    };
+    let limit = 64 * 1024;
+
+    s.fake.revoke_all_tokens();
+    let response = within("the 64 KiB booking", s.book(Full::new(padded(limit))))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(s.fake.stats().api_requests, 2, "sent, then replayed once");
+    assert_eq!(s.cache.stats().replays, 1);
+
+    s.fake.revoke_all_tokens();
+    let response = within(
+        "the booking one byte over",
+        s.book(Full::new(padded(limit + 1))),
+    )
+    .await
+    .unwrap();
+    let why = response.extensions().get::<Unauthorized>();
+    assert!(matches!(why, Some(Unauthorized::NotReplayable)), "{why:?}");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(s.fake.stats().api_requests, 3, "sent once, not replayed");
+    assert_eq!(s.cache.stats().replays, 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_body_over_the_limit_gets_its_401_and_the_next_request_a_new_token() {
     let s = in_process();

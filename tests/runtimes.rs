@@ -145,3 +145,67 @@ fn a_caller_outside_any_runtime_gets_a_typed_error_and_no_panic_fires() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(PANICS.load(Ordering::SeqCst), 0, "no panic hook fired");
 }
+
+/// A background refresh whose runtime shuts down before it ends does not hold the stale
+/// path back: the next stale caller, on another runtime, starts a refresh of its own at
+/// once (not after the abandoned refresh's deadline, 15 s later).
+#[test]
+fn a_background_refresh_cancelled_with_its_runtime_is_restarted_by_the_next_stale_caller() {
+    count_panics();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    // Call 0: a token obtained 3500 s ago that lives 3600 s: stale (past its refresh
+    // moment), still usable for 70 s. Call 1: never answers. Call 2: a new token.
+    let cache = TokenCache::new(move || {
+        let call = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let lifetime = Duration::from_secs(3600);
+            let token = match call {
+                0 => {
+                    let long_ago = tokio::time::Instant::now()
+                        .checked_sub(Duration::from_secs(3500))
+                        .unwrap();
+                    AccessToken::obtained_at("token-0", long_ago, lifetime)?
+                }
+                1 => std::future::pending().await,
+                _ => AccessToken::new(format!("token-{call}"), lifetime)?,
+            };
+            Ok::<_, BoxError>(token)
+        }
+    });
+
+    // Runtime A gets the stale token; serving it starts a background refresh on A, which
+    // then shuts down while that refresh waits for its answer.
+    let a = current_thread(false);
+    a.block_on(async {
+        cache.token().await.unwrap();
+        assert!(cache.cached().is_some(), "stale, still served");
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    });
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "A's background refresh ran"
+    );
+    drop(a);
+
+    // On runtime B the stale token starts a new background refresh right away.
+    let b = current_thread(false);
+    let renewed = b.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let token = cache.cached().unwrap();
+                if token.secret() == "token-2" {
+                    return token;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    });
+    assert!(renewed.is_ok(), "no new refresh in 5 s");
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "one refresh more, on B");
+    assert_eq!(PANICS.load(Ordering::SeqCst), 0, "no panic hook fired");
+}

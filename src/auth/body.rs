@@ -424,6 +424,45 @@ mod tests {
         );
     }
 
+    /// `From<Bytes>` is how a token request reaches a shared HTTP client whose body type is
+    /// `ReplayBody<_>`: the bytes, whole, with their exact length.
+    #[tokio::test]
+    async fn from_bytes_is_those_bytes() {
+        let body = ReplayBody::<Empty<Bytes>>::from(Bytes::from_static(b"grant_type=x"));
+        assert_eq!(body.size_hint().exact(), Some(12));
+        assert!(!body.is_end_stream());
+        assert_eq!(collect(body).await, b"grant_type=x");
+        let empty = ReplayBody::<Empty<Bytes>>::from(Bytes::new());
+        assert!(empty.is_end_stream());
+        assert_eq!(empty.size_hint().exact(), Some(0));
+    }
+
+    /// A public type: its Debug says which kind of body it is, never a byte of it.
+    #[tokio::test]
+    async fn debug_says_the_kind_and_no_byte() {
+        let full = || Full::new(Bytes::from_static(b"s3cr3t"));
+        let (recorded, replay) = ReplayBody::new(full(), 10, None);
+        let (unrecorded, _) = ReplayBody::new(full(), 2, None);
+        let (empty, _) = ReplayBody::new(Empty::<Bytes>::new(), 10, None);
+        let mut shown = vec![
+            format!("{recorded:?}"),
+            format!("{unrecorded:?}"),
+            format!("{empty:?}"),
+        ];
+        assert_eq!(collect(recorded).await, b"s3cr3t");
+        let again = replay.unwrap().body::<Full<Bytes>>().unwrap();
+        shown.push(format!("{again:?}"));
+        assert_eq!(
+            shown,
+            [
+                r#"ReplayBody { kind: "streaming (recorded)" }"#,
+                r#"ReplayBody { kind: "streaming (not recorded)" }"#,
+                r#"ReplayBody { kind: "empty" }"#,
+                r#"ReplayBody { kind: "replaying" }"#,
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn partly_sent_is_not_replayable() {
         let frames = vec![

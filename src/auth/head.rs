@@ -236,6 +236,23 @@ mod tests {
         }
     }
 
+    /// The Debug of a head shows its method and size, never the URI or a header (they may
+    /// carry the caller's secrets).
+    #[test]
+    fn debug_shows_no_uri_and_no_header() {
+        let request = parts(
+            Request::post("https://h/p?key=s3cr3t")
+                .header("x-api-key", "s3cr3t")
+                .body(())
+                .unwrap(),
+        );
+        let head = Head::record(&request);
+        let shown = format!("{head:?}");
+        let size = head.bytes.len();
+        assert_eq!(shown, format!("Head {{ method: POST, bytes: {size}, .. }}"));
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+    }
+
     #[test]
     fn one_allocation_sized_up_front() {
         let request = parts(

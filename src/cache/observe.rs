@@ -336,3 +336,33 @@ impl Observer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The words health endpoints and logs show: part of the API.
+    #[test]
+    fn each_state_has_its_word() {
+        let words = [
+            TokenState::Empty,
+            TokenState::Fresh,
+            TokenState::Stale,
+            TokenState::Suspect,
+            TokenState::Expired,
+            TokenState::BackingOff,
+        ]
+        .map(TokenState::as_str);
+        assert_eq!(
+            words,
+            [
+                "empty",
+                "fresh",
+                "stale",
+                "suspect",
+                "expired",
+                "backing_off"
+            ]
+        );
+    }
+}
