@@ -756,6 +756,10 @@ mod tests {
         let (id, secret) = ("app:1", "p@ss w%rd+é");
         // RFC 6749 §2.3.1: form-urlencode each, then Basic; the default for other providers.
         let c = ClientCredentials::new((), OTHER, id, secret).unwrap();
+        assert_eq!(
+            (c.client_id(), c.token_url().to_string().as_str()),
+            (id, OTHER)
+        );
         assert_eq!(c.client_auth(), ClientAuth::Basic);
         let (basic, form) = sent(&c);
         assert_eq!(basic.unwrap(), "app%3A1:p%40ss+w%25rd%2B%C3%A9");
