@@ -133,3 +133,50 @@ async fn each_credential_set_names_its_spans() {
     assert_eq!(lines("token rejected (401)", "pl"), 1, "{text}");
     assert_eq!(lines("token rejected (401)", "es"), 0, "{text}");
 }
+
+/// The token request's own span, `docplanner_auth.token_fetch` (debug), ends with the
+/// request's outcome, which is what a tracing exporter sees when the span closes: `ok`,
+/// `transient_error` (retried with backoff) or `permanent_error`.
+#[tokio::test]
+async fn the_token_fetch_span_closes_with_its_outcome() {
+    use docplanner_auth::testing::TokenFault;
+    use docplanner_auth::TokenSource as _;
+    use http::StatusCode;
+
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_writer(captured.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let fake = FakeDocplanner::builder().in_process();
+    let source = fake.credentials().unwrap();
+    source.fetch().await.unwrap();
+    let unavailable = TokenFault::Status {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        retry_after: None,
+    };
+    fake.fail_next_token_requests(1, unavailable);
+    source.fetch().await.unwrap_err();
+    fake.fail_next_token_requests(1, TokenFault::InvalidClient(StatusCode::BAD_REQUEST));
+    source.fetch().await.unwrap_err();
+
+    let text = captured.text();
+    let outcomes: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("docplanner_auth.token_fetch{") && l.contains("close"))
+        .map(|l| {
+            let field = l.split("outcome=\"").nth(1).unwrap_or("");
+            field.split('"').next().unwrap_or("")
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["ok", "transient_error", "permanent_error"],
+        "{text}"
+    );
+    assert_eq!(fake.stats().token_requests, 3);
+}

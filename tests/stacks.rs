@@ -79,6 +79,22 @@ mod reqwest_stack {
             .unwrap()
     }
 
+    /// `get_ref` is the client given (its own configuration); the `Debug` shows none of it
+    /// (reqwest's own prints the default headers, which may hold credentials).
+    #[test]
+    fn the_client_given_and_a_debug_without_its_headers() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-tenant", http::HeaderValue::from_static("clinic-7"));
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap();
+        let wrapped = ReqwestClient::from(client);
+        assert!(format!("{:?}", wrapped.get_ref()).contains("clinic-7"));
+        assert_eq!(format!("{wrapped:?}"), "ReqwestClient { .. }");
+    }
+
     #[tokio::test]
     async fn tokens_through_the_applications_reqwest_client() {
         let fake = FakeDocplanner::builder().start().await.unwrap();

@@ -612,3 +612,11 @@ async fn status_follows_the_token_through_its_life() {
     assert_eq!(status.consecutive_failures, 0);
     assert!(status.last_error.is_none() && status.backing_off_for.is_none());
 }
+
+/// A source that names no cache (a closure: `TokenSource::cache_name` is `None` by default)
+/// gives a cache named `docplanner` in metrics and tracing.
+#[test]
+fn a_closure_source_gives_the_default_cache_name() {
+    let closure = || async { Ok::<_, BoxError>(AccessToken::new("t", Duration::from_secs(60))?) };
+    assert_eq!(TokenCache::new(closure).name(), "docplanner");
+}

@@ -59,6 +59,30 @@ async fn malformed_token_responses_are_typed_errors() {
             Err(Error::is_invalid_response, "an HTML page"),
         ),
         (
+            "HTML page without markup at its start",
+            body(200, "text/html; charset=utf-8", "Please log in"),
+            Err(
+                Error::is_invalid_response,
+                "with an HTML page, not a JSON token",
+            ),
+        ),
+        (
+            "HTML page served as text/plain",
+            body(200, "text/plain", "  <!doctype html><p>Login</p>"),
+            Err(
+                Error::is_invalid_response,
+                "with an HTML page, not a JSON token",
+            ),
+        ),
+        (
+            "neither JSON nor HTML",
+            body(200, "application/octet-stream", "\x01\x02\x03 binary"),
+            Err(
+                Error::is_invalid_response,
+                "with 10 bytes of something else",
+            ),
+        ),
+        (
             "HTML error page 502",
             body(502, "text/html", "<html>Bad gateway</html>"),
             Err(Error::is_transient, "retrying with backoff"),
@@ -117,6 +141,14 @@ async fn malformed_token_responses_are_typed_errors() {
             "negative expires_in",
             json(200, r#"{"access_token":"abc","expires_in":-5}"#),
             Err(Error::is_invalid_response, "expected a positive number"),
+        ),
+        (
+            "negative fractional expires_in",
+            json(200, r#"{"access_token":"abc","expires_in":-0.5}"#),
+            Err(
+                Error::is_invalid_response,
+                "expires_in = -0.5: expected a positive number",
+            ),
         ),
         (
             "zero expires_in",

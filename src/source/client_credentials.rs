@@ -756,6 +756,10 @@ mod tests {
         let (id, secret) = ("app:1", "p@ss w%rd+é");
         // RFC 6749 §2.3.1: form-urlencode each, then Basic; the default for other providers.
         let c = ClientCredentials::new((), OTHER, id, secret).unwrap();
+        assert_eq!(
+            (c.client_id(), c.token_url().to_string().as_str()),
+            (id, OTHER)
+        );
         assert_eq!(c.client_auth(), ClientAuth::Basic);
         let (basic, form) = sent(&c);
         assert_eq!(basic.unwrap(), "app%3A1:p%40ss+w%25rd%2B%C3%A9");
@@ -869,7 +873,14 @@ mod tests {
             let builder = ClientCredentials::builder("https://h/t", "id-1", "hunter2-secret")
                 .client_auth(auth)
                 .param("audience", "aud");
-            assert!(!format!("{builder:?}").contains("hunter2"));
+            assert_eq!(
+                format!("{builder:?}"),
+                format!(
+                    "ClientCredentialsBuilder {{ token_url: \"https://h/t\", client_id: \"id-1\", \
+                     client_secret: \"[redacted]\", scopes: None, params: [\"audience\"], \
+                     client_auth: Some({auth:?}), allow_http_loopback: false }}"
+                )
+            );
             let c = builder.build(()).unwrap();
             let shown = format!("{c:?}");
             assert!(shown.contains("id-1") && !shown.contains("hunter2"));

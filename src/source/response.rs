@@ -78,18 +78,25 @@ where
         };
         while data.has_remaining() {
             let chunk = data.chunk();
-            if buffer.capacity() - buffer.len() < chunk.len() {
-                let needed = buffer.len() + chunk.len();
-                let mut grown = Zeroizing::new(Vec::with_capacity(needed.max(2 * buffer.len())));
-                grown.extend_from_slice(&buffer);
-                buffer = grown; // the old buffer is wiped as it drops
-            }
+            make_room(&mut buffer, chunk.len());
             buffer.extend_from_slice(chunk);
             let read = chunk.len();
             data.advance(read);
         }
     }
     Ok(buffer)
+}
+
+/// Make room in `buffer` for `more` bytes, so that the `extend_from_slice` that follows
+/// never reallocates (the `Vec` would leave the old allocation unwiped): when short, the
+/// contents move to a buffer at least twice as large and the old one is wiped as it drops.
+fn make_room(buffer: &mut Zeroizing<Vec<u8>>, more: usize) {
+    if buffer.capacity() - buffer.len() < more {
+        let needed = buffer.len() + more;
+        let mut grown = Zeroizing::new(Vec::with_capacity(needed.max(2 * buffer.len())));
+        grown.extend_from_slice(buffer);
+        *buffer = grown;
+    }
 }
 
 /// Parse a token endpoint answer into the token string and its lifetime (capped at 24 h).
@@ -690,6 +697,110 @@ mod tests {
             shown_fields.into_iter().collect::<Vec<_>>(),
             ["error", "error_description", "expires_in", "token_type"]
         );
+    }
+
+    /// Each answer the token endpoint can refuse with gets the advice of its own case: who
+    /// can fix it (Docplanner or the provider), what to check, whether it is retried.
+    #[test]
+    fn every_refusal_has_its_own_advice() {
+        let docplanner = Context {
+            host: "www.doctoralia.es",
+            docplanner: true,
+            scope: "integration",
+            secrets: ["", "", "", ""],
+        };
+        let docplanner_other_scope = Context {
+            scope: "calendar",
+            ..docplanner
+        };
+        let other = Context {
+            host: "login.example.com:8443",
+            docplanner: false,
+            scope: "orders:read",
+            secrets: ["", "", "", ""],
+        };
+        let other_no_scope = Context { scope: "", ..other };
+        let oauth = |code: &str| format!(r#"{{"error":"{code}"}}"#);
+        let rows: [(&Context<'_>, u16, Option<&str>, String, &str); 22] = [
+            // OAuth errors (RFC 6749 §5.2), by code.
+            (&docplanner, 401, None, oauth("invalid_client"),
+             "answered 401 Unauthorized invalid_client: check the client id and secret for doctoralia.es"),
+            (&other, 400, None, oauth("unauthorized_client"),
+             "on login.example.com:8443: ask the provider's administrator to enable it"),
+            (&docplanner, 400, None, oauth("invalid_scope"),
+             "ask Docplanner to enable integrations for this client on doctoralia.es"),
+            (&docplanner_other_scope, 400, None, oauth("invalid_scope"),
+             "the scope `calendar` was refused: Docplanner integrations use the scope `integration`"),
+            (&other_no_scope, 400, None, oauth("invalid_scope"),
+             "no scope was sent and login.example.com:8443 wants one"),
+            (&other, 400, None, oauth("invalid_scope"),
+             "the scope `orders:read` was refused by login.example.com:8443: set the scopes"),
+            (&other, 400, None, oauth("invalid_request"), "a proxy may be altering it"),
+            (&other, 400, None, oauth("unsupported_grant_type"), "a proxy may be altering it"),
+            (&docplanner, 400, None, oauth("invalid_grant"), "a proxy may be altering it"),
+            (&other, 503, None, oauth("temporarily_unavailable"),
+             "answered 503 Service Unavailable temporarily_unavailable: retrying with backoff"),
+            (&other, 400, None, oauth("server_error"),
+             "server_error: check the client's configuration for login.example.com:8443"),
+            // An OAuth error on a 200 is reported as a 400, with its description.
+            (&other, 200, None, r#"{"error":"access_denied","error_description":"no"}"#.to_owned(),
+             "answered 400 Bad Request access_denied: no: check the client's configuration"),
+            // No OAuth error: by status.
+            (&docplanner, 403, None, String::new(),
+             "answered 403 Forbidden: check the client id and secret for doctoralia.es"),
+            (&other, 429, Some("12"), String::new(), "rate limited; retrying in 12s"),
+            (&other, 429, None, String::new(), "rate limited; retrying with backoff"),
+            (&docplanner, 405, None, String::new(), "(it should end in /oauth/v2/token)"),
+            (&other, 404, None, String::new(), "as its discovery document names it"),
+            (&docplanner, 301, None, String::new(),
+             "redirects: use the https://www.<domain>/oauth/v2/token URL"),
+            (&other, 307, None, String::new(), "redirects: use the URL it redirects to"),
+            (&docplanner, 502, Some("7"), String::new(),
+             "a problem on Docplanner's side; retrying in 7s"),
+            (&other, 500, None, String::new(),
+             "a problem on the token endpoint's side; retrying with backoff"),
+            (&other, 400, None, String::new(),
+             "answered 400 Bad Request: the token request was refused"),
+        ];
+        for (cx, status, retry, body, advice) in rows {
+            let mut headers = HeaderMap::new();
+            if let Some(seconds) = retry {
+                headers.insert(RETRY_AFTER, seconds.parse().unwrap());
+            }
+            let status = StatusCode::from_u16(status).unwrap();
+            let error = parse(status, &headers, body.as_bytes(), cx, Instant::now()).unwrap_err();
+            let message = error.to_string();
+            assert!(message.contains(advice), "{status} {body}: {message}");
+            let delay = retry.map(|s| Duration::from_secs(s.parse().unwrap()));
+            assert_eq!(error.retry_after(), delay, "{message}");
+        }
+    }
+
+    /// The buffer a token is read into always has room for the next chunk before it is
+    /// appended (so the `Vec` never reallocates it unwiped), keeps its bytes when it grows,
+    /// and is not moved when the chunk fits.
+    #[test]
+    fn the_body_buffer_grows_only_by_make_room() {
+        let mut buffer = Zeroizing::new(Vec::with_capacity(16));
+        buffer.extend_from_slice(b"0123456789");
+        let before = buffer.as_ptr();
+        make_room(&mut buffer, 6);
+        assert_eq!(
+            (buffer.as_ptr(), buffer.len()),
+            (before, 10),
+            "it fits: no move"
+        );
+        for more in [7, 100, 1000] {
+            make_room(&mut buffer, more);
+            assert!(buffer.capacity() - buffer.len() >= more, "room for {more}");
+            assert!(buffer.capacity() >= 2 * buffer.len(), "it at least doubles");
+            assert_eq!(&buffer[..10], b"0123456789");
+            let len = buffer.len();
+            buffer.resize(len + more, b'x');
+        }
+        let mut empty = Zeroizing::new(Vec::new());
+        make_room(&mut empty, 5);
+        assert!(empty.capacity() >= 5);
     }
 
     /// The parser reads the token in place: one owned copy only when it has JSON escapes.

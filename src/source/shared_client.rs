@@ -113,3 +113,37 @@ pub(super) async fn with_body<B: From<Bytes>>(request: Request<Full<Bytes>>) -> 
     let Ok(collected) = body.collect().await;
     Request::from_parts(head, B::from(collected.to_bytes()))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio_test::{assert_pending, assert_ready_ok};
+    use tower_test::mock;
+
+    /// Readiness is the inner service's: not ready while it is not (backpressure passes
+    /// through), and the service that was polled ready is the one that makes the call, with
+    /// the body as one chunk.
+    #[tokio::test]
+    async fn readiness_and_the_call_are_the_inner_services() {
+        let (inner, mut handle) = mock::pair::<Request<Full<Bytes>>, &'static str>();
+        let mut client = SharedClient::<_, Full<Bytes>>::new(inner);
+        let mut ready = tokio_test::task::spawn(());
+        handle.allow(0);
+        assert_pending!(ready.enter(|cx, _| client.poll_ready(cx)));
+        handle.allow(1);
+        assert_ready_ok!(ready.enter(|cx, _| client.poll_ready(cx)));
+        let call = tokio::spawn(client.call(Request::new(Full::new(Bytes::from_static(b"grant")))));
+        let (request, respond) = handle.next_request().await.unwrap();
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "grant");
+        respond.send_response("token");
+        assert_eq!(call.await.unwrap().unwrap(), "token");
+    }
+
+    #[test]
+    fn debug_shows_the_inner_client() {
+        let client = SharedClient::<_, Full<Bytes>>::new("inner");
+        assert_eq!(format!("{client:?}"), r#"SharedClient("inner")"#);
+    }
+}
