@@ -4,7 +4,7 @@
 
 mod support;
 
-use docplanner_auth::testing::FakeDocplanner;
+use docplanner_auth::testing::{FakeDocplanner, TokenFault};
 use support::Captured;
 
 const SECRET: &str = "Obs3rvable-Secret-9d1c";
@@ -179,4 +179,78 @@ async fn the_token_fetch_span_closes_with_its_outcome() {
         "{text}"
     );
     assert_eq!(fake.stats().token_requests, 3);
+}
+
+/// The review's example, end to end: id `lkgpde`, secret `YnvqjAxqfvmp` (no digit, so no
+/// heuristic catches them), echoed by the token endpoint in `expires_in` (a string), in
+/// `token_type`, and as the Basic credential in `error`/`error_description`: scrubbed by
+/// value from `Display`, `Debug` and the logs. (Here, not in tests/security.rs: every test
+/// of this binary installs its subscriber first, so no other thread's events race
+/// tracing's callsite interest cache and the "failures were logged" check holds.)
+#[tokio::test]
+async fn an_echoed_secret_or_basic_credential_is_scrubbed_by_value_everywhere() {
+    let (captured, _logs) = Captured::install(tracing::Level::TRACE);
+    const ID: &str = "lkgpde";
+    const SECRET: &str = "YnvqjAxqfvmp";
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{ID}:{SECRET}"));
+    assert_eq!(basic, "bGtncGRlOlludnFqQXhxZnZtcA==");
+    let fake = FakeDocplanner::builder()
+        .client_id(ID)
+        .client_secret(SECRET)
+        .in_process();
+
+    let bodies = [
+        (
+            200,
+            format!(r#"{{"access_token":"abc","expires_in":"{SECRET}"}}"#),
+        ),
+        (
+            200,
+            format!(r#"{{"access_token":"abc","token_type":"{SECRET}"}}"#),
+        ),
+        (
+            200,
+            format!(r#"{{"access_token":"abc","token_type":"Basic {basic}"}}"#),
+        ),
+        (401, format!(r#"{{"error":"{basic}"}}"#)),
+        (
+            400,
+            format!(
+                r#"{{"error":"invalid_client","error_description":"got Basic {basic} for {ID}:{SECRET}"}}"#
+            ),
+        ),
+        (
+            503,
+            format!(r#"{{"error":"temporarily_unavailable","error_description":"{SECRET}"}}"#),
+        ),
+    ];
+    let mut printed = Vec::new();
+    for (status, body) in bodies {
+        let fresh = fake.cache().unwrap();
+        fake.fail_next_token_requests(
+            1,
+            TokenFault::Body {
+                status: http::StatusCode::from_u16(status).unwrap(),
+                content_type: "application/json",
+                body,
+            },
+        );
+        let error = fresh.token().await.unwrap_err();
+        assert!(error.is_token_endpoint(), "{error}");
+        printed.push(format!("{error}"));
+        printed.push(format!("{error:?}"));
+    }
+    let logs = captured.text();
+    assert!(logs.contains("WARN"), "the failures were logged: {logs}");
+    printed.push(logs);
+    let unpadded = basic.trim_end_matches('=');
+    for text in &printed {
+        assert!(!text.contains(SECRET), "secret in: {text}");
+        assert!(!text.contains(unpadded), "Basic credential in: {text}");
+    }
+    assert!(
+        printed[..12].iter().all(|t| t.contains("[redacted]")),
+        "{printed:?}"
+    );
 }
