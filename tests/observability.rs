@@ -254,3 +254,27 @@ async fn an_echoed_secret_or_basic_credential_is_scrubbed_by_value_everywhere() 
         "{printed:?}"
     );
 }
+
+/// "The token store works again" ends a fault episode: a store that never failed does
+/// not say it, however many times the cache uses it.
+#[tokio::test]
+async fn a_healthy_store_never_says_it_works_again() {
+    let (captured, _guard) = Captured::install(tracing::Level::TRACE);
+    let fake = FakeDocplanner::builder().in_process();
+    let credentials = fake.credentials().unwrap();
+    let key = credentials.store_key();
+    let cache = docplanner_auth::TokenCache::builder(credentials)
+        .store(docplanner_auth::store::MemoryStore::new(), key)
+        .build();
+    for _ in 0..3 {
+        let token = cache.token().await.unwrap();
+        assert!(cache.invalidate(&token));
+    }
+    cache.token().await.unwrap();
+    // One token request; each invalidated token came back from the store (4 store reads).
+    assert_eq!(fake.stats().token_requests, 1);
+    assert_eq!(cache.stats().store_adoptions, 3);
+    let text = captured.text();
+    assert!(text.contains("new access token stored"), "{text}");
+    assert!(!text.contains("works again"), "{text}");
+}

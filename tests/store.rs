@@ -234,3 +234,69 @@ async fn a_memory_store_pushes_its_notices() {
     let store = MemoryStore::new();
     notices::notices_follow_the_lock_and_the_token(&store, "notices").await;
 }
+
+/// A `MemoryStore` that pushes no notices and counts its reads.
+#[derive(Clone, Default)]
+struct Silent {
+    inner: MemoryStore,
+    loads: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TokenStore for Silent {
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<SharedToken>> {
+        let loads = self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if loads > 100 {
+            // Read in a loop (on the paused clock, a loop that never sleeps would hang the
+            // test): fail, so that the cache fetches alone and the test sees the count.
+            return Box::pin(async { Err("read in a loop".into()) });
+        }
+        self.inner.load(key)
+    }
+    fn publish<'a>(&'a self, key: &'a str, token: &'a SharedToken) -> StoreFuture<'a, ()> {
+        self.inner.publish(key, token)
+    }
+    fn try_lock<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        self.inner.try_lock(key, owner, ttl)
+    }
+    fn unlock<'a>(&'a self, key: &'a str, owner: &'a str) -> StoreFuture<'a, ()> {
+        self.inner.unlock(key, owner)
+    }
+    fn invalidate<'a>(&'a self, key: &'a str, token: &'a SharedToken) -> StoreFuture<'a, bool> {
+        self.inner.invalidate(key, token)
+    }
+}
+
+/// A replica that finds the refresh lock held by a replica that died with it, on a store
+/// that pushes no notices, reads the store on a doubling pause (25 ms up to 250 ms) until
+/// the lock expires after 2 s, then fetches: about a dozen reads, not a loop.
+#[tokio::test(start_paused = true)]
+async fn a_replica_polls_a_silent_store_on_a_doubling_pause() {
+    let fake = FakeDocplanner::builder().in_process();
+    let credentials = fake.credentials().unwrap();
+    let key = credentials.store_key();
+    let store = Silent::default();
+    let dead = store.try_lock(key.as_str(), "dead-replica", Duration::from_secs(2));
+    assert!(dead.await.unwrap());
+    let cache = TokenCache::builder(credentials)
+        .store(store.clone(), key)
+        .build();
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(60), cache.token())
+        .await
+        .expect("the replica waited past the lock's end")
+        .unwrap();
+    assert_eq!(fake.stats().token_requests, 1);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "after the lock's end"
+    );
+    // A first read; reads 25, 75, 175, 375, 625 … 1,875 and 2,125 ms in (11); then, the
+    // lock taken, one more for a token published just before: 13.
+    let loads = store.loads.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(loads, 13, "{loads} reads");
+}
