@@ -79,7 +79,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -770,6 +769,9 @@ struct Slot {
 }
 
 impl HostTable {
+    /// The hash's multiplier (2^64 / φ, odd).
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+
     fn new(sets: &[Set]) -> Self {
         let authorities: Vec<(&str, usize)> = sets
             .iter()
@@ -786,22 +788,15 @@ impl HostTable {
         };
         for (authority, set) in authorities {
             let hash = Self::hash(authority);
-            let mut at = table.first_slot(hash);
-            loop {
-                match &table.slots[at] {
-                    // Each origin belongs to one set (checked by the builder): the first
-                    // one listed keeps it.
-                    Some(slot) if *slot.authority == *authority => break,
-                    Some(_) => at = (at + 1) & (size - 1),
-                    None => {
-                        table.slots[at] = Some(Slot {
-                            hash,
-                            authority: authority.into(),
-                            set,
-                        });
-                        break;
-                    }
-                }
+            let at = table.search(hash, authority);
+            // Each origin belongs to one set (checked by the builder): the first one
+            // listed keeps it.
+            if table.slots[at].is_none() {
+                table.slots[at] = Some(Slot {
+                    hash,
+                    authority: authority.into(),
+                    set,
+                });
             }
         }
         table
@@ -812,10 +807,9 @@ impl HostTable {
     /// with zeros (an authority holds no NUL byte), then one more multiplication.
     #[inline]
     fn hash(authority: &str) -> u64 {
-        const K: u64 = 0x9e37_79b9_7f4a_7c15;
         let mix = |hash: u64, word: [u8; 8]| {
             (hash ^ u64::from_le_bytes(word))
-                .wrapping_mul(K)
+                .wrapping_mul(Self::K)
                 .rotate_left(23)
         };
         let mut words = authority.as_bytes().chunks_exact(8);
@@ -827,13 +821,28 @@ impl HostTable {
         let rest = words.remainder();
         let mut last = [0u8; 8];
         last[..rest.len()].copy_from_slice(rest);
-        mix(hash, last).wrapping_mul(K)
+        mix(hash, last).wrapping_mul(Self::K)
     }
 
     /// Where the search for `hash` starts: the multiplication leaves its best bits high.
     #[inline]
     fn first_slot(&self, hash: u64) -> usize {
         (hash >> self.shift) as usize
+    }
+
+    /// The slot holding `authority`, or the free one where the search for it ends (the
+    /// table is never full): from the hash's first slot onwards, the full hash compared
+    /// before the key.
+    #[inline]
+    fn search(&self, hash: u64, authority: &str) -> usize {
+        let mut at = self.first_slot(hash);
+        while let Some(slot) = &self.slots[at] {
+            if slot.hash == hash && *slot.authority == *authority {
+                break;
+            }
+            at = (at + 1) & (self.slots.len() - 1);
+        }
+        at
     }
 
     /// The set of `authority` if the table holds it (exactly as written).
@@ -843,15 +852,8 @@ impl HostTable {
             return None;
         }
         let hash = Self::hash(authority);
-        let mut at = self.first_slot(hash);
-        loop {
-            // A free slot ends the search: the table is never full.
-            let slot = self.slots[at].as_ref()?;
-            if slot.hash == hash && *slot.authority == *authority {
-                return Some(slot.set);
-            }
-            at = (at + 1) & (self.slots.len() - 1);
-        }
+        let slot = self.slots[self.search(hash, authority)].as_ref()?;
+        Some(slot.set)
     }
 }
 
@@ -941,7 +943,7 @@ mod tests {
     /// Another 16-byte ASCII string with the same hash as `target` (16 bytes): its first
     /// eight bytes chosen, its last eight solved for.
     fn colliding(target: &str) -> String {
-        const K: u64 = 0x9e37_79b9_7f4a_7c15;
+        const K: u64 = HostTable::K;
         let word = |bytes: &[u8]| u64::from_le_bytes(bytes.try_into().unwrap());
         let first = |w: u64| w.wrapping_mul(K).rotate_left(23);
         let bytes = target.as_bytes();
