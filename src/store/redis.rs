@@ -167,6 +167,18 @@ struct Lazy {
     listener: Mutex<Option<Listener>>,
 }
 
+impl Lazy {
+    /// Nothing connected yet.
+    fn new(client: Client, timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            timeout,
+            manager: Mutex::new(None),
+            listener: Mutex::new(None),
+        })
+    }
+}
+
 /// The pub/sub connection: its sink subscribes; a task reads its messages into the
 /// watchers, and when the connection ends it closes them (the caches then poll) and
 /// marks the listener dead, so that the next watch opens a new one.
@@ -215,12 +227,7 @@ impl RedisStore {
     /// instance): it makes its own connection manager on first use, with 500 ms connection
     /// and response timeouts (see [`timeout`](Self::timeout)), and reconnects by itself.
     pub fn from_client(client: Client) -> Self {
-        Self::new(Connection::Lazy(Arc::new(Lazy {
-            client,
-            timeout: REDIS_TIMEOUT,
-            manager: Mutex::new(None),
-            listener: Mutex::new(None),
-        })))
+        Self::new(Connection::Lazy(Lazy::new(client, REDIS_TIMEOUT)))
     }
 
     /// A store over a connection you built: a `redis::aio::ConnectionManager`, a cluster
@@ -262,12 +269,7 @@ impl RedisStore {
             ));
         }
         if let Connection::Lazy(lazy) = &self.connection {
-            self.connection = Connection::Lazy(Arc::new(Lazy {
-                client: lazy.client.clone(),
-                timeout,
-                manager: Mutex::new(None),
-                listener: Mutex::new(None),
-            }));
+            self.connection = Connection::Lazy(Lazy::new(lazy.client.clone(), timeout));
         }
         Ok(self)
     }
