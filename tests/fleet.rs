@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use docplanner_auth::store::{RedisStore, StoreKey, TokenStore};
+use docplanner_auth::store::{RedisStore, SharedToken, StoreKey, TokenStore};
 use docplanner_auth::testing::{FakeBody, FakeDocplanner, FakeService};
 use docplanner_auth::{BearerAuth, BoxError, ReplayBody, TokenCache};
 use futures_util::future::join_all;
@@ -27,6 +27,8 @@ use tower::{Layer, Service, ServiceExt};
 #[path = "support/redis_server.rs"]
 mod redis_server;
 use redis_server::RedisServer;
+#[path = "support/fleet_scale.rs"]
+mod fleet_scale;
 #[path = "support/notices.rs"]
 mod notices;
 
@@ -497,6 +499,7 @@ async fn a_redis_store_pushes_its_notices() {
     };
     let store = RedisStore::open(&redis.url()).unwrap();
     notices::notices_follow_the_lock_and_the_token(&store, "notices").await;
+    notices::one_look_and_one_publication(&store, "one-look").await;
     let client = redis::Client::open(redis.url()).unwrap();
     let own = RedisStore::with_connection(client.get_multiplexed_async_connection().await.unwrap());
     assert!(own.watch("notices").await.unwrap().is_none());
@@ -577,4 +580,147 @@ async fn a_slow_redis_is_shared_by_a_store_with_a_raised_timeout() {
     assert!(loaded.unwrap().unwrap().unwrap().is(&first));
     let watched = tokio::time::timeout(patience, endless.watch(key.as_str())).await;
     assert!(watched.unwrap().unwrap().is_some());
+}
+
+/// An admin connection to `redis`, its stats reset, with the store's scripts loaded
+/// already (so that no `NOSCRIPT` retry shows in the counts): a cycle on other keys.
+async fn counting(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    let warm = RedisStore::open(&redis.url()).unwrap().prefix("warm-up:");
+    let token = docplanner_auth::AccessToken::new("w4rm", Duration::from_secs(60)).unwrap();
+    assert_eq!(
+        warm.load_or_lock("k", "w", Duration::from_secs(1))
+            .await
+            .unwrap(),
+        docplanner_auth::store::Found::Locked
+    );
+    warm.publish_and_unlock("k", &SharedToken::from_token(&token), "w")
+        .await
+        .unwrap();
+    let mut admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    fleet_scale::reset_stats(&mut admin).await;
+    admin
+}
+
+/// Redis's own count of what one replica sent, by command (`INFO commandstats`, the
+/// commands its scripts ran included), since the last reset.
+async fn counted(
+    admin: &mut redis::aio::MultiplexedConnection,
+) -> std::collections::BTreeMap<String, u64> {
+    let counted = fleet_scale::commandstats(admin).await.0;
+    fleet_scale::reset_stats(admin).await;
+    counted
+}
+
+fn commands(list: &[(&str, u64)]) -> std::collections::BTreeMap<String, u64> {
+    list.iter()
+        .map(|(name, n)| ((*name).to_owned(), *n))
+        .collect()
+}
+
+/// A cold replica looks at the store once (one script: the token, or else the lock),
+/// fetches, and publishes the token and releases the lock in one more script: two round
+/// trips in all (before: a `GET`, the lock script, a second `GET`, the publish script and
+/// the unlock script). The next replica adopts the token in one round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_replica_looks_once_and_publishes_with_the_release() {
+    let Some(redis) =
+        RedisServer::start("a_cold_replica_looks_once_and_publishes_with_the_release")
+    else {
+        return;
+    };
+    let fake = FakeDocplanner::builder().in_process();
+    let fleet = replicas(&fake, &redis.url(), 2);
+    let mut admin = counting(&redis).await;
+    let first = fleet[0].cache.token().await.unwrap();
+    assert_eq!(fake.stats().token_requests, 1);
+    // The look: EVALSHA running GET, SET NX and PUBLISH (locked); the publication:
+    // EVALSHA running SET, GET and DEL (the lock, ours) and PUBLISH (the token).
+    assert_eq!(
+        counted(&mut admin).await,
+        commands(&[
+            ("del", 1),
+            ("evalsha", 2),
+            ("get", 2),
+            ("publish", 2),
+            ("set", 2),
+            ("subscribe", 1),
+        ])
+    );
+    let second = fleet[1].cache.token().await.unwrap();
+    assert!(second.same_secret(&first));
+    assert_eq!(fake.stats().token_requests, 1);
+    assert_eq!(
+        counted(&mut admin).await,
+        commands(&[("evalsha", 1), ("get", 1), ("subscribe", 1)])
+    );
+    println!("case one look: token_requests=1, the first replica 2 scripts, the second 1");
+}
+
+/// A replica whose look finds the lock held (by a slow replica, taken before this one
+/// listened, so it heard no notice of it) is told for how long, and waits for the token
+/// without trying the lock again: one failed attempt in all (Redis's `PTTL` count), no
+/// token request, the holder's token adopted from its notice. Before, it tried the lock
+/// again every 250 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_told_of_a_held_lock_waits_without_trying_it_again() {
+    let Some(redis) =
+        RedisServer::start("a_replica_told_of_a_held_lock_waits_without_trying_it_again")
+    else {
+        return;
+    };
+    let fake = FakeDocplanner::builder().in_process();
+    let key = fake.credentials().unwrap().store_key();
+    let lock = format!("{}:lock", key.as_str());
+    redis
+        .command(&["SET", &lock, "slow-replica", "NX", "PX", "4000"])
+        .await;
+    let fleet = replicas(&fake, &redis.url(), 1);
+    let mut admin = counting(&redis).await;
+    let cache = fleet[0].cache.clone();
+    let waiting = tokio::spawn(async move { cache.token().await });
+    // Long enough for four polls of the old behaviour (every 250 ms).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(!waiting.is_finished(), "it waits for the holder");
+    let holder = RedisStore::open(&redis.url()).unwrap();
+    let token = docplanner_auth::AccessToken::new("sl0w-h0lder", Duration::from_secs(60)).unwrap();
+    holder
+        .publish_and_unlock(
+            key.as_str(),
+            &SharedToken::from_token(&token),
+            "slow-replica",
+        )
+        .await
+        .unwrap();
+    let adopted = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiting replica did not adopt the published token")
+        .unwrap()
+        .unwrap();
+    assert!(adopted.same_secret(&token));
+    assert_eq!(fake.stats().token_requests, 0);
+    let seen = counted(&mut admin).await;
+    // The look (GET, SET NX, PTTL) and the holder's publication (SET, GET, DEL, PUBLISH).
+    assert_eq!(
+        seen,
+        commands(&[
+            ("del", 1),
+            ("evalsha", 2),
+            ("get", 2),
+            ("pttl", 1),
+            ("publish", 1),
+            ("set", 2),
+            ("subscribe", 1),
+        ]),
+        "one failed lock attempt"
+    );
+    assert_eq!(
+        redis.command(&["EXISTS", &lock]).await,
+        redis::Value::Int(0),
+        "the holder released the lock with its token"
+    );
+    println!("case held lock: token_requests=0, failed lock attempts=1");
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use docplanner_auth::store::{MemoryStore, SharedToken, StoreFuture, StoreKey, TokenStore};
+use docplanner_auth::store::{Found, MemoryStore, SharedToken, StoreFuture, StoreKey, TokenStore};
 use docplanner_auth::testing::{FakeDocplanner, FakeService};
 use docplanner_auth::{AccessToken, BearerAuth, BoxError, TokenCache};
 use futures_util::future::join_all;
@@ -233,6 +233,7 @@ async fn a_fleet_refreshes_when_one_cache_would() {
 async fn a_memory_store_pushes_its_notices() {
     let store = MemoryStore::new();
     notices::notices_follow_the_lock_and_the_token(&store, "notices").await;
+    notices::one_look_and_one_publication(&store, "one-look").await;
 }
 
 /// A `MemoryStore` that pushes no notices and counts its reads.
@@ -269,6 +270,34 @@ impl TokenStore for Silent {
     fn invalidate<'a>(&'a self, key: &'a str, token: &'a SharedToken) -> StoreFuture<'a, bool> {
         self.inner.invalidate(key, token)
     }
+}
+
+/// A store that implements only the required operations gets `load_or_lock` and
+/// `publish_and_unlock` from the trait: the same answers in two operations each, without
+/// how long a held lock is kept.
+#[tokio::test]
+async fn a_store_with_only_the_required_operations_gets_the_defaults() {
+    let store = Silent::default();
+    let ttl = Duration::from_secs(5);
+    assert_eq!(
+        store.load_or_lock("k", "a", ttl).await.unwrap(),
+        Found::Locked
+    );
+    assert_eq!(
+        store.load_or_lock("k", "b", ttl).await.unwrap(),
+        Found::Held(None)
+    );
+    let token = AccessToken::new("d3fault-t0k3n", Duration::from_secs(60)).unwrap();
+    store
+        .publish_and_unlock("k", &SharedToken::from_token(&token), "a")
+        .await
+        .unwrap();
+    match store.load_or_lock("k", "c", ttl).await.unwrap() {
+        Found::Token(stored) => assert!(stored.is(&token)),
+        other => panic!("the stored token was reported as {other:?}"),
+    }
+    assert!(store.try_lock("k", "d", ttl).await.unwrap(), "released");
+    assert_eq!(store.loads.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
 
 /// A replica that finds the refresh lock held by a replica that died with it, on a store

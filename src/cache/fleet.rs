@@ -15,7 +15,7 @@ use super::observe::Observer;
 use crate::error::{BoxError, Error, Kind};
 use tokio::sync::watch;
 
-use crate::store::{Heard, SharedToken, StoreKey, TokenStore};
+use crate::store::{Found, Heard, SharedToken, StoreKey, TokenStore};
 use crate::token::AccessToken;
 
 /// Default timeout of each store operation: 500 ms. A healthy Redis answers in well under
@@ -198,10 +198,12 @@ impl Fleet {
     /// holding the store's lock, or alone if the store fails). `usable` says whether a
     /// stored token may still be sent.
     ///
-    /// With a store that pushes notices, a replica that hears of a live lock waits for the
+    /// The first look reads the token and, if none is stored, tries the lock, in one
+    /// store operation ([`TokenStore::load_or_lock`]). With a store that pushes notices,
+    /// a replica that hears (or is told on its look) of a live lock waits for the
     /// publication and adopts the token from the notice, without reading the store; it
     /// tries the lock again only when the lock is released without a token or when its
-    /// TTL says the holder died.
+    /// TTL says the holder died. The holder publishes and releases in one operation.
     pub(super) async fn obtain<F: Future<Output = Result<AccessToken, Error>>>(
         &self,
         observer: &Observer,
@@ -230,9 +232,11 @@ impl Fleet {
             return Ok(token);
         }
         // Whatever was published since the store started listening has been heard; only
-        // a store we never heard a token from, or a token to invalidate, needs a read.
+        // a store we never heard a token from, or a token to invalidate, needs a look.
         let heard_a_token = heard.as_ref().is_some_and(|h| h.token.is_some());
-        if !heard_a_token || known.rejected.is_some() {
+        // How long another replica holds the lock, as the store said on our look.
+        let mut held_until = None;
+        if known.rejected.is_some() {
             match self.load(observer).await {
                 Err(()) => return fetch().await,
                 Ok(Some(stored)) if known.is_rejected(&stored) => {
@@ -249,14 +253,29 @@ impl Fleet {
                 }
                 Ok(None) => {}
             }
+        } else if !heard_a_token {
+            // The token, or else the lock, in one look.
+            let look = self.store.load_or_lock(key, &self.owner, self.lock_ttl);
+            match self.call(observer, "read the token", look).await {
+                Err(()) => return fetch().await,
+                Ok(Found::Token(stored)) => {
+                    if let Some(token) = adoptable(&stored) {
+                        return Ok(token);
+                    }
+                }
+                Ok(Found::Locked) => return self.fetch_and_publish(observer, &fetch).await,
+                Ok(Found::Held(left)) => held_until = left.map(|left| Instant::now() + left),
+            }
         }
         let give_up = Instant::now() + self.lock_ttl;
         let mut pause = FIRST_STORE_POLL;
         loop {
-            // Heard of a live lock: wait for its holder, do not compete with it.
+            // Heard of a live lock (or told of it on our look, until the first notice):
+            // wait for its holder, do not compete with it. A store that pushes nothing
+            // is polled whatever the lock.
             let locked_until = notices
                 .as_ref()
-                .and_then(|n| n.borrow().locked_until)
+                .and_then(|n| n.borrow().locked_until.or(held_until))
                 .filter(|until| *until > Instant::now());
             if locked_until.is_none() {
                 let lock = self.store.try_lock(key, &self.owner, self.lock_ttl);
@@ -287,6 +306,7 @@ impl Fleet {
                     Ok(Ok(())) => {
                         stored = receiver.borrow_and_update().token.clone();
                         look = false;
+                        held_until = None;
                     }
                     // The store stopped listening: poll from now on.
                     Ok(Err(_)) => notices = None,
@@ -309,7 +329,7 @@ impl Fleet {
     }
 
     /// Holding the lock: adopt what its previous holder may have published just before
-    /// we took it, or fetch and publish; then release it.
+    /// we took it, or fetch and publish.
     async fn refresh<F: Future<Output = Result<AccessToken, Error>>>(
         &self,
         observer: &Observer,
@@ -321,13 +341,33 @@ impl Fleet {
             self.release(observer).await;
             return Ok(token);
         }
+        self.fetch_and_publish(observer, &fetch).await
+    }
+
+    /// Holding the lock: fetch, then publish the token and release the lock (in one
+    /// operation), or only release it if the fetch failed.
+    async fn fetch_and_publish<F: Future<Output = Result<AccessToken, Error>>>(
+        &self,
+        observer: &Observer,
+        fetch: impl Fn() -> F,
+    ) -> Result<AccessToken, Error> {
         let result = fetch().await;
-        if let Ok(token) = &result {
-            let shared = SharedToken::from_token(token);
-            let publish = self.store.publish(self.key.as_str(), &shared);
-            let _ = self.call(observer, "publish the token", publish).await;
+        match &result {
+            Ok(token) => {
+                let shared = SharedToken::from_token(token);
+                let publish =
+                    self.store
+                        .publish_and_unlock(self.key.as_str(), &shared, &self.owner);
+                if self
+                    .call(observer, "publish the token", publish)
+                    .await
+                    .is_err()
+                {
+                    self.release(observer).await;
+                }
+            }
+            Err(_) => self.release(observer).await,
         }
-        self.release(observer).await;
         result
     }
 }

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use tokio::sync::watch;
 
-use super::{unix_ms, Heard, SharedToken, StoreFuture, TokenStore, Watchers};
+use super::{unix_ms, Found, Heard, SharedToken, StoreFuture, TokenStore, Watchers};
 
 /// An in-process [`TokenStore`]: several [`TokenCache`](crate::TokenCache)s (for example
 /// one per worker or per tenant runtime) share one token and one refresh. Cheap to clone;
@@ -36,12 +36,10 @@ impl MemoryStore {
     fn state(&self) -> MutexGuard<'_, State> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
 
-impl TokenStore for MemoryStore {
-    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<SharedToken>> {
+    /// The token under `key`, unless it expired (then it is dropped).
+    fn live_token(state: &mut State, key: &str) -> Option<SharedToken> {
         let now = unix_ms(SystemTime::now());
-        let mut state = self.state();
         if state
             .tokens
             .get(key)
@@ -49,7 +47,34 @@ impl TokenStore for MemoryStore {
         {
             state.tokens.remove(key);
         }
-        let token = state.tokens.get(key).cloned();
+        state.tokens.get(key).cloned()
+    }
+
+    /// Take the lock of `key` for `owner` for `ttl` and announce it, or say how long its
+    /// holder keeps it.
+    fn lock(
+        &self,
+        state: &mut State,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<(), Duration> {
+        let now = Instant::now();
+        if let Some((_, until)) = state.locks.get(key).filter(|(_, until)| *until > now) {
+            return Err(*until - now);
+        }
+        state
+            .locks
+            .insert(key.to_owned(), (owner.to_owned(), now + ttl));
+        self.watchers
+            .heard(key, |heard| heard.locked_until = Some(now + ttl));
+        Ok(())
+    }
+}
+
+impl TokenStore for MemoryStore {
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<SharedToken>> {
+        let token = Self::live_token(&mut self.state(), key);
         Box::pin(async move { Ok(token) })
     }
 
@@ -66,17 +91,25 @@ impl TokenStore for MemoryStore {
         owner: &'a str,
         ttl: Duration,
     ) -> StoreFuture<'a, bool> {
-        let now = Instant::now();
+        let taken = self.lock(&mut self.state(), key, owner, ttl).is_ok();
+        Box::pin(async move { Ok(taken) })
+    }
+
+    fn load_or_lock<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, Found> {
         let mut state = self.state();
-        let free = state.locks.get(key).is_none_or(|(_, until)| *until <= now);
-        if free {
-            state
-                .locks
-                .insert(key.to_owned(), (owner.to_owned(), now + ttl));
-            self.watchers
-                .heard(key, |heard| heard.locked_until = Some(now + ttl));
-        }
-        Box::pin(async move { Ok(free) })
+        let found = match Self::live_token(&mut state, key) {
+            Some(token) => Found::Token(token),
+            None => match self.lock(&mut state, key, owner, ttl) {
+                Ok(()) => Found::Locked,
+                Err(left) => Found::Held(Some(left)),
+            },
+        };
+        Box::pin(async move { Ok(found) })
     }
 
     fn unlock<'a>(&'a self, key: &'a str, owner: &'a str) -> StoreFuture<'a, ()> {

@@ -103,6 +103,51 @@ pub trait TokenStore: Send + Sync + 'static {
     /// whether it was deleted.
     fn invalidate<'a>(&'a self, key: &'a str, token: &'a SharedToken) -> StoreFuture<'a, bool>;
 
+    /// The token stored under `key`; if there is none, take the refresh lock of `key` for
+    /// `owner` for at most `ttl`, as [`try_lock`](Self::try_lock) does. A cache's first
+    /// look at the store: a store that does both in one operation (one round trip, and no
+    /// token published between the look and the lock) saves a fleet that starts cold one
+    /// round trip per replica.
+    ///
+    /// The default: [`load`](Self::load), then [`try_lock`](Self::try_lock) if nothing is
+    /// stored (the lock's holder then publishes what it fetches; a token published between
+    /// the two is found by the holder's next look, so nothing is lost, only a read added).
+    fn load_or_lock<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, Found> {
+        Box::pin(async move {
+            if let Some(stored) = self.load(key).await? {
+                return Ok(Found::Token(stored));
+            }
+            Ok(if self.try_lock(key, owner, ttl).await? {
+                Found::Locked
+            } else {
+                Found::Held(None)
+            })
+        })
+    }
+
+    /// Store `token` under `key` and release the refresh lock of `key` if `owner` still
+    /// holds it: what the lock's holder does once it has fetched. A store that does both
+    /// in one operation announces the token alone (its notice ends the lock, see
+    /// [`Heard::locked_until`]) and saves the holder a round trip.
+    ///
+    /// The default: [`publish`](Self::publish), then [`unlock`](Self::unlock).
+    fn publish_and_unlock<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a SharedToken,
+        owner: &'a str,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.publish(key, token).await?;
+            self.unlock(key, owner).await
+        })
+    }
+
     /// What happens under `key`, pushed by the store as it happens: a receiver whose value
     /// is what has been [`Heard`] so far, and which changes when a token is published
     /// under `key`, when its refresh lock is taken, and when the lock is released.
@@ -120,6 +165,20 @@ pub trait TokenStore: Send + Sync + 'static {
     }
 }
 
+/// What [`TokenStore::load_or_lock`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Found {
+    /// A token is stored under the key (the lock was not tried).
+    Token(SharedToken),
+    /// No token is stored, and the refresh lock is now the caller's.
+    Locked,
+    /// No token is stored, and another replica holds the refresh lock: for at most this
+    /// long, if the store says (a cache then waits for that replica's token instead of
+    /// trying the lock again before it hears of it).
+    Held(Option<Duration>),
+}
+
 /// What a cache heard from its store about one key (see [`TokenStore::watch`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -127,7 +186,8 @@ pub struct Heard {
     /// The last token published under the key since the store started listening.
     pub token: Option<SharedToken>,
     /// Until when the refresh lock is held by the replica that took it last (on this
-    /// process's clock), or `None` if it was released.
+    /// process's clock), or `None` if it was released. A store may end it with the token
+    /// its holder publishes (the token's notice then says both).
     pub locked_until: Option<Instant>,
 }
 

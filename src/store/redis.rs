@@ -16,7 +16,7 @@ use tokio::sync::{watch, Mutex};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-use super::{unix_ms, Heard, SharedToken, StoreFuture, TokenStore, Watchers};
+use super::{unix_ms, Found, Heard, SharedToken, StoreFuture, TokenStore, Watchers};
 use crate::error::{BoxError, Error};
 
 /// Compare-and-delete: delete KEYS[1] only if it holds ARGV[1].
@@ -30,24 +30,33 @@ end
 
 /// Take the refresh lock KEYS[1] for owner ARGV[1] for ARGV[2] ms, if nobody holds it,
 /// and say so on the notice channel ARGV[3] (`locked <ms>`), so that the other replicas
-/// wait for the publication instead of trying the lock themselves.
+/// wait for the publication instead of trying the lock themselves. With a token key
+/// KEYS[2], the token stored there is returned instead, if any, and the lock is not tried
+/// ([`TokenStore::load_or_lock`]: a first look in one round trip).
+/// Returns the stored token (a string), -1 if the lock is now ARGV[1]'s, else the
+/// milliseconds its holder still keeps it.
 /// A lock key without an expiry (PTTL -1: an operator's `SET`, a restored dump) has no
 /// owner that will ever release it: it is treated as dead and taken over, so the refresh
 /// goes on and its token is published instead of every replica waiting, then fetching
 /// alone, on each refresh.
 /// Notices use `pcall`: an ACL user without the channel permission still locks (its
 /// replicas then poll instead of being pushed to).
-const TRY_LOCK: &str = r#"
-local taken = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
-if not taken and redis.call('PTTL', KEYS[1]) == -1 then
+const LOCK: &str = r#"
+if KEYS[2] then
+    local stored = redis.call('GET', KEYS[2])
+    if stored then
+        return stored
+    end
+end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    local left = redis.call('PTTL', KEYS[1])
+    if left ~= -1 then
+        return left
+    end
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-    taken = true
 end
-if taken then
-    redis.pcall('PUBLISH', ARGV[3], 'locked ' .. ARGV[2])
-    return 1
-end
-return 0
+redis.pcall('PUBLISH', ARGV[3], 'locked ' .. ARGV[2])
+return -1
 "#;
 
 /// Release the refresh lock KEYS[1] if owner ARGV[1] still holds it, and say so on the
@@ -63,8 +72,14 @@ return 0
 
 /// Store the token ARGV[1] under KEYS[1] until ARGV[2] (Unix ms), and push it on the notice
 /// channel ARGV[3] (`token <stored form>`): waiting replicas adopt it from the message.
+/// With a lock key KEYS[2], also release that lock if owner ARGV[4] still holds it
+/// ([`TokenStore::publish_and_unlock`]): the token's notice says the refresh is over, so
+/// no `released` notice follows.
 const PUBLISH: &str = r#"
 redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+if KEYS[2] and redis.call('GET', KEYS[2]) == ARGV[4] then
+    redis.call('DEL', KEYS[2])
+end
 redis.pcall('PUBLISH', ARGV[3], 'token ' .. ARGV[1])
 return 1
 "#;
@@ -143,7 +158,7 @@ pub struct RedisStore {
     connection: Connection,
     prefix: Arc<str>,
     compare_and_delete: Arc<Script>,
-    try_lock: Arc<Script>,
+    lock: Arc<Script>,
     unlock: Arc<Script>,
     publish: Arc<Script>,
 }
@@ -248,7 +263,7 @@ impl RedisStore {
             connection,
             prefix: Arc::from(""),
             compare_and_delete: Arc::new(Script::new(COMPARE_AND_DELETE)),
-            try_lock: Arc::new(Script::new(TRY_LOCK)),
+            lock: Arc::new(Script::new(LOCK)),
             unlock: Arc::new(Script::new(UNLOCK)),
             publish: Arc::new(Script::new(PUBLISH)),
         }
@@ -291,6 +306,71 @@ impl RedisStore {
 
     fn channel(&self, key: &str) -> String {
         format!("{}{key}:notices", self.prefix)
+    }
+
+    /// Run the lock script: take the lock of `key` for `owner` for `ttl`, unless `look`
+    /// finds a token stored (then that token). A stored value this version cannot read
+    /// (another program's) counts as none: the lock is tried on its own.
+    async fn lock(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+        look: bool,
+    ) -> Result<Found, BoxError> {
+        let mut connection = self.connection().await?;
+        let mut invocation = self.lock.key(self.lock_key(key));
+        if look {
+            invocation.key(self.key(key));
+        }
+        let answer: Value = invocation
+            .arg(owner)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .arg(self.channel(key))
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(match answer {
+            Value::Int(-1) => Found::Locked,
+            Value::Int(left) => Found::Held(Some(Duration::from_millis(
+                u64::try_from(left).unwrap_or(0),
+            ))),
+            stored => {
+                let stored = Zeroizing::new(redis::from_redis_value::<String>(stored)?);
+                match SharedToken::decode(&stored) {
+                    Ok(token) => Found::Token(token),
+                    Err(_) => Box::pin(self.lock(key, owner, ttl, false)).await?,
+                }
+            }
+        })
+    }
+
+    /// Run the publish script: store `token` under `key` and announce it; with `owner`,
+    /// also release the lock it holds. A token already expired is not stored.
+    async fn publish_token(
+        &self,
+        key: &str,
+        token: &SharedToken,
+        owner: Option<&str>,
+    ) -> Result<(), BoxError> {
+        if token.expires_at_ms() <= unix_ms(SystemTime::now()) {
+            return match owner {
+                Some(owner) => self.unlock(key, owner).await,
+                None => Ok(()),
+            };
+        }
+        let mut connection = self.connection().await?;
+        let mut invocation = self.publish.key(self.key(key));
+        if owner.is_some() {
+            invocation.key(self.lock_key(key));
+        }
+        let _: i64 = invocation
+            .arg(token.encode().as_str())
+            .arg(token.expires_at_ms())
+            .arg(self.channel(key))
+            .arg(owner.unwrap_or_default())
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(())
     }
 
     /// A connection for one operation.
@@ -384,7 +464,12 @@ impl Drop for Ended {
 fn hear(watchers: &Watchers, channel: &str, payload: &str) {
     if let Some(stored) = payload.strip_prefix("token ") {
         if let Ok(token) = SharedToken::decode(stored) {
-            watchers.heard(channel, |heard| heard.token = Some(token));
+            // A published token ends the refresh: its holder released the lock with it
+            // (an older version's holder says `released` after it, which changes nothing).
+            watchers.heard(channel, |heard| {
+                heard.token = Some(token);
+                heard.locked_until = None;
+            });
         }
     } else if let Some(ms) = payload.strip_prefix("locked ") {
         if let Ok(ms) = ms.parse::<u64>() {
@@ -409,21 +494,16 @@ impl TokenStore for RedisStore {
     }
 
     fn publish<'a>(&'a self, key: &'a str, token: &'a SharedToken) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            if token.expires_at_ms() <= unix_ms(SystemTime::now()) {
-                return Ok(());
-            }
-            let mut connection = self.connection().await?;
-            let _: i64 = self
-                .publish
-                .key(self.key(key))
-                .arg(token.encode().as_str())
-                .arg(token.expires_at_ms())
-                .arg(self.channel(key))
-                .invoke_async(&mut connection)
-                .await?;
-            Ok(())
-        })
+        Box::pin(self.publish_token(key, token, None))
+    }
+
+    fn publish_and_unlock<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a SharedToken,
+        owner: &'a str,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(self.publish_token(key, token, Some(owner)))
     }
 
     fn try_lock<'a>(
@@ -433,17 +513,18 @@ impl TokenStore for RedisStore {
         ttl: Duration,
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let mut connection = self.connection().await?;
-            let taken: i64 = self
-                .try_lock
-                .key(self.lock_key(key))
-                .arg(owner)
-                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
-                .arg(self.channel(key))
-                .invoke_async(&mut connection)
-                .await?;
-            Ok(taken == 1)
+            let found = self.lock(key, owner, ttl, false).await?;
+            Ok(found == Found::Locked)
         })
+    }
+
+    fn load_or_lock<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, Found> {
+        Box::pin(self.lock(key, owner, ttl, true))
     }
 
     fn unlock<'a>(&'a self, key: &'a str, owner: &'a str) -> StoreFuture<'a, ()> {
