@@ -7,8 +7,10 @@
 //! would otherwise ask the token endpoint:
 //!
 //! 1. a newer token in the store is adopted (no token request);
-//! 2. otherwise the cache takes the store's refresh lock, fetches, publishes the token and
-//!    releases the lock; replicas that find the lock taken wait for the publication
+//! 2. otherwise the cache takes the store's refresh lock (in the same operation as its
+//!    look, [`TokenStore::load_or_lock`], when it finds nothing), fetches, publishes the
+//!    token and releases the lock (again one operation,
+//!    [`TokenStore::publish_and_unlock`]); replicas that find the lock taken wait for the publication
 //!    instead of competing for it: a store that pushes notices ([`TokenStore::watch`]:
 //!    [`MemoryStore`], and [`RedisStore`] through Redis pub/sub) wakes them with the new
 //!    token in the message, so they adopt it without reading the store, and they try

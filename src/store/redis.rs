@@ -107,9 +107,12 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 ///   without an expiry is taken over as dead.
 /// * Releasing the lock and invalidating a token are compare-and-delete scripts: a
 ///   replica only releases its own lock and only deletes the token it saw rejected.
-/// * Notices ([`TokenStore::watch`]): taking the lock, publishing a token and releasing
-///   the lock are announced on the channel `…:notices` (the token travels in the
-///   message), and a store made from a URL or a client listens on one pub/sub connection
+/// * One round trip per step: a replica's first look returns the stored token or else
+///   takes the lock ([`TokenStore::load_or_lock`]), and the holder publishes its token
+///   and releases the lock together ([`TokenStore::publish_and_unlock`]), each one script.
+/// * Notices ([`TokenStore::watch`]): taking the lock, publishing a token (which ends the
+///   lock) and releasing the lock without a token are announced on the channel
+///   `…:notices` (the token travels in the message), and a store made from a URL or a client listens on one pub/sub connection
 ///   of its own, opened on the first refresh: a replica that finds the lock taken waits
 ///   for the publication (and adopts the token from the message, without a `GET`)
 ///   instead of polling. So a store holds two connections to Redis: 1,000 replicas
