@@ -10,8 +10,8 @@
 //! with its target and a verdict (`met` or `MISSED`) computed here. The figures are in
 //! BENCHMARKS.md (section "Fleet").
 //!
-//! `FLEET_SCALE_SECONDS` (default 20, at least 1) and `FLEET_SCALE_REPLICAS` (default 1000) change the
-//! run.
+//! `FLEET_SCALE_SECONDS` (default 20, at least 1) and `FLEET_SCALE_REPLICAS` (default
+//! 1000) change the run.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
