@@ -52,11 +52,10 @@ async fn replicas_at_scale_wait_for_the_publication() {
         f.commands
     );
     assert_eq!(f.failed, 0, "no call failed");
-    // Cold start: one token request; each replica read the store once (the lock holder
-    // twice; a few replicas once more, when the notice of the lock they failed to take
-    // took over 250 ms to reach them), and the waiters got the token in the notice:
-    // polling would read it again every 25, 50, 100… ms while the endpoint takes 200 ms
-    // (2 to 3 reads each, measured).
+    // Cold start: one token request; each replica read the store once, in its look (the
+    // holder's publication reads its lock once more), and the waiters got the token in
+    // the notice: polling would read it again every 25, 50, 100… ms while the endpoint
+    // takes 200 ms (2 to 3 reads each, measured before the notices).
     assert_eq!(f.cold_token_requests, 1);
     let reads = f.cold_commands.get("get");
     assert!(
