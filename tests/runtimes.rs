@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use docplanner_auth::cache::Backoff;
-use docplanner_auth::{AccessToken, BearerAuthLayer, BoxError, ReplayBody, TokenCache};
+use docplanner_auth::{
+    AccessToken, BearerAuthLayer, BoxError, ReplayBody, TokenCache, TokenSource,
+};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{Layer, ServiceExt};
@@ -61,6 +63,47 @@ fn current_thread(paused: bool) -> tokio::runtime::Runtime {
         .start_paused(paused)
         .build()
         .unwrap()
+}
+
+/// A source whose call 0 gives a stale token (obtained 3500 s ago, it lives 3600 s: past
+/// its refresh moment, usable for 70 s more), call 1 never answers, call `failing` (if
+/// any) fails, and the others give new tokens `token-N`; and its count of calls.
+fn stale_then_stuck(failing: Option<usize>) -> (impl TokenSource, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let source = move || {
+        let call = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let lifetime = Duration::from_secs(3600);
+            let token = match call {
+                0 => {
+                    let long_ago = tokio::time::Instant::now()
+                        .checked_sub(Duration::from_secs(3500))
+                        .unwrap();
+                    AccessToken::obtained_at("token-0", long_ago, lifetime)?
+                }
+                1 => std::future::pending().await,
+                _ if Some(call) == failing => {
+                    return Err::<AccessToken, BoxError>("the token endpoint is down".into())
+                }
+                _ => AccessToken::new(format!("token-{call}"), lifetime)?,
+            };
+            Ok(token)
+        }
+    };
+    (source, calls)
+}
+
+/// On `runtime`, a caller served the stale token: a background refresh starts there
+/// (unless one runs), and is let run until it waits.
+fn serve_stale(runtime: &tokio::runtime::Runtime, cache: &TokenCache) {
+    runtime.block_on(async {
+        cache.token().await.unwrap();
+        assert!(cache.cached().is_some(), "stale, still served");
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    });
 }
 
 /// A minimal executor for a thread with no Tokio runtime (as `futures::executor::block_on`).
@@ -160,38 +203,14 @@ fn a_caller_outside_any_runtime_gets_a_typed_error_and_no_panic_fires() {
 #[test]
 fn a_background_refresh_cancelled_with_its_runtime_is_restarted_by_the_next_stale_caller() {
     count_panics();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&calls);
-    // Call 0: a token obtained 3500 s ago that lives 3600 s: stale (past its refresh
-    // moment), still usable for 70 s. Call 1: never answers. Call 2: a new token.
-    let cache = TokenCache::new(move || {
-        let call = counter.fetch_add(1, Ordering::SeqCst);
-        async move {
-            let lifetime = Duration::from_secs(3600);
-            let token = match call {
-                0 => {
-                    let long_ago = tokio::time::Instant::now()
-                        .checked_sub(Duration::from_secs(3500))
-                        .unwrap();
-                    AccessToken::obtained_at("token-0", long_ago, lifetime)?
-                }
-                1 => std::future::pending().await,
-                _ => AccessToken::new(format!("token-{call}"), lifetime)?,
-            };
-            Ok::<_, BoxError>(token)
-        }
-    });
+    // Call 0: a stale token. Call 1: never answers. Call 2: a new token.
+    let (source, calls) = stale_then_stuck(None);
+    let cache = TokenCache::new(source);
 
     // Runtime A gets the stale token; serving it starts a background refresh on A, which
     // then shuts down while that refresh waits for its answer.
     let a = current_thread(false);
-    a.block_on(async {
-        cache.token().await.unwrap();
-        assert!(cache.cached().is_some(), "stale, still served");
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-    });
+    serve_stale(&a, &cache);
     assert_eq!(
         calls.load(Ordering::SeqCst),
         2,
@@ -226,28 +245,8 @@ fn a_background_refresh_cancelled_with_its_runtime_is_restarted_by_the_next_stal
 #[test]
 fn a_failure_on_one_runtime_does_not_start_a_second_refresh_beside_another_runtimes() {
     count_panics();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&calls);
-    // Call 0: a stale token (obtained 3500 s ago, lives 3600 s). Call 1: never answers.
-    // Call 2: fails. Later calls: a new token.
-    let source = move || {
-        let call = counter.fetch_add(1, Ordering::SeqCst);
-        async move {
-            let lifetime = Duration::from_secs(3600);
-            let token = match call {
-                0 => {
-                    let long_ago = tokio::time::Instant::now()
-                        .checked_sub(Duration::from_secs(3500))
-                        .unwrap();
-                    AccessToken::obtained_at("token-0", long_ago, lifetime)?
-                }
-                1 => std::future::pending().await,
-                2 => return Err::<AccessToken, BoxError>("the token endpoint is down".into()),
-                _ => AccessToken::new(format!("token-{call}"), lifetime)?,
-            };
-            Ok(token)
-        }
-    };
+    // Call 0: a stale token. Call 1: never answers. Call 2: fails. Later: a new token.
+    let (source, calls) = stale_then_stuck(Some(2));
     let mut no_backoff = Backoff::default();
     no_backoff.base = Duration::ZERO;
     no_backoff.cap = Duration::ZERO;
@@ -258,13 +257,7 @@ fn a_failure_on_one_runtime_does_not_start_a_second_refresh_beside_another_runti
     // Runtime A: serving the stale token starts a background refresh, which waits for its
     // answer (A stays alive, so that refresh stays under way).
     let a = current_thread(false);
-    a.block_on(async {
-        cache.token().await.unwrap();
-        assert!(cache.cached().is_some(), "stale, still served");
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-    });
+    serve_stale(&a, &cache);
     assert_eq!(
         calls.load(Ordering::SeqCst),
         2,
@@ -292,12 +285,7 @@ fn a_failure_on_one_runtime_does_not_start_a_second_refresh_beside_another_runti
     assert_eq!(calls.load(Ordering::SeqCst), 3, "B's refresh failed");
 
     // The next stale caller, on B: A's refresh still runs; nothing else starts.
-    b.block_on(async {
-        assert!(cache.cached().is_some(), "suspect, still served");
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-    });
+    serve_stale(&b, &cache);
     assert_eq!(calls.load(Ordering::SeqCst), 3, "a second refresh started");
     assert_eq!(PANICS.load(Ordering::SeqCst), 0, "no panic hook fired");
     drop(a);

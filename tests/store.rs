@@ -242,19 +242,37 @@ async fn a_memory_store_pushes_its_notices() {
     notices::notices_follow_the_lock_and_the_token(&store, "notices").await;
 }
 
-/// A `MemoryStore` that pushes no notices and counts its reads.
+/// A `MemoryStore` seen through a store that records when it is read and pushes either no
+/// notices at all, or (`tokens_heard`) only the tokens published, never the refresh lock
+/// (as if its lock notices were lost).
 #[derive(Clone, Default)]
-struct Silent {
+struct Probe {
     inner: MemoryStore,
-    loads: Arc<std::sync::atomic::AtomicUsize>,
+    reads: Arc<Mutex<Vec<Instant>>>,
+    tokens_heard: bool,
 }
 
-impl TokenStore for Silent {
+impl Probe {
+    /// A view of `inner` that pushes no notices.
+    fn silent(inner: MemoryStore) -> Self {
+        Self {
+            inner,
+            ..Self::default()
+        }
+    }
+
+    fn reads(&self) -> Vec<Instant> {
+        self.reads.lock().unwrap().clone()
+    }
+}
+
+impl TokenStore for Probe {
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<SharedToken>> {
-        let loads = self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        if loads > 100 {
+        let mut reads = self.reads.lock().unwrap();
+        reads.push(Instant::now());
+        if reads.len() > 100 {
             // Read in a loop (on the paused clock, a loop that never sleeps would hang the
-            // test): fail, so that the cache fetches alone and the test sees the count.
+            // test): fail, so that the cache fetches alone and the test sees it.
             return Box::pin(async { Err("read in a loop".into()) });
         }
         self.inner.load(key)
@@ -276,6 +294,35 @@ impl TokenStore for Silent {
     fn invalidate<'a>(&'a self, key: &'a str, token: &'a SharedToken) -> StoreFuture<'a, bool> {
         self.inner.invalidate(key, token)
     }
+    fn watch<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<watch::Receiver<Heard>>> {
+        Box::pin(async move {
+            if !self.tokens_heard {
+                return Ok(None);
+            }
+            let Some(mut inner) = self.inner.watch(key).await? else {
+                return Ok(None);
+            };
+            let mut heard = Heard::default();
+            heard.token = inner.borrow().token.clone();
+            let (sender, receiver) = watch::channel(heard);
+            // Forward each token published, and nothing about the lock.
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        changed = inner.changed() => if changed.is_err() { break },
+                        () = sender.closed() => break,
+                    }
+                    let token = inner.borrow_and_update().token.clone();
+                    sender.send_if_modified(|heard| {
+                        let new = heard.token != token;
+                        heard.token = token;
+                        new
+                    });
+                }
+            });
+            Ok(Some(receiver))
+        })
+    }
 }
 
 /// A replica that finds the refresh lock held by a replica that died with it, on a store
@@ -286,7 +333,7 @@ async fn a_replica_polls_a_silent_store_on_a_doubling_pause() {
     let fake = FakeDocplanner::builder().in_process();
     let credentials = fake.credentials().unwrap();
     let key = credentials.store_key();
-    let store = Silent::default();
+    let store = Probe::default();
     let dead = store.try_lock(key.as_str(), "dead-replica", Duration::from_secs(2));
     assert!(dead.await.unwrap());
     let cache = TokenCache::builder(credentials)
@@ -304,7 +351,7 @@ async fn a_replica_polls_a_silent_store_on_a_doubling_pause() {
     );
     // A first read; reads 25, 75, 175, 375, 625 … 1,875 and 2,125 ms in (11); then, the
     // lock taken, one more for a token published just before: 13.
-    let loads = store.loads.load(std::sync::atomic::Ordering::SeqCst);
+    let loads = store.reads().len();
     assert_eq!(loads, 13, "{loads} reads");
 }
 
@@ -350,11 +397,7 @@ async fn a_new_replica_after_a_failed_refresh<S: TokenStore + Clone>(
 /// revocation whose refresh failed: it fetches its own and never sends the revoked one.
 #[tokio::test(start_paused = true)]
 async fn a_rejected_token_leaves_the_store_even_when_its_refresh_fails() {
-    let silent = |store| Silent {
-        inner: store,
-        ..Silent::default()
-    };
-    let (revoked_sent, token_requests) = a_new_replica_after_a_failed_refresh(silent).await;
+    let (revoked_sent, token_requests) = a_new_replica_after_a_failed_refresh(Probe::silent).await;
     assert_eq!(revoked_sent, 1, "the new replica sent the revoked token");
     assert_eq!(token_requests, 3, "the new replica fetched its own");
 }
@@ -370,70 +413,6 @@ async fn a_rejected_token_is_not_adopted_from_the_notices_of_its_process() {
     assert_eq!(token_requests, 3, "the new cache fetched its own");
 }
 
-/// A `MemoryStore` whose notices carry the tokens published but never the refresh lock
-/// (as if its lock notices were lost), and which records when it is read.
-#[derive(Clone, Default)]
-struct LockUnheard {
-    inner: MemoryStore,
-    reads: Arc<Mutex<Vec<Instant>>>,
-}
-
-impl TokenStore for LockUnheard {
-    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<SharedToken>> {
-        let mut reads = self.reads.lock().unwrap();
-        reads.push(Instant::now());
-        if reads.len() > 100 {
-            // Read in a loop (which never lets the paused clock move): fail, so that the
-            // cache fetches alone and the test sees it.
-            return Box::pin(async { Err("read in a loop".into()) });
-        }
-        self.inner.load(key)
-    }
-    fn publish<'a>(&'a self, key: &'a str, token: &'a SharedToken) -> StoreFuture<'a, ()> {
-        self.inner.publish(key, token)
-    }
-    fn try_lock<'a>(
-        &'a self,
-        key: &'a str,
-        owner: &'a str,
-        ttl: Duration,
-    ) -> StoreFuture<'a, bool> {
-        self.inner.try_lock(key, owner, ttl)
-    }
-    fn unlock<'a>(&'a self, key: &'a str, owner: &'a str) -> StoreFuture<'a, ()> {
-        self.inner.unlock(key, owner)
-    }
-    fn invalidate<'a>(&'a self, key: &'a str, token: &'a SharedToken) -> StoreFuture<'a, bool> {
-        self.inner.invalidate(key, token)
-    }
-    fn watch<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<watch::Receiver<Heard>>> {
-        Box::pin(async move {
-            let Some(mut inner) = self.inner.watch(key).await? else {
-                return Ok(None);
-            };
-            let mut heard = Heard::default();
-            heard.token = inner.borrow().token.clone();
-            let (sender, receiver) = watch::channel(heard);
-            // Forward each token published, and nothing about the lock.
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        changed = inner.changed() => if changed.is_err() { break },
-                        () = sender.closed() => break,
-                    }
-                    let token = inner.borrow_and_update().token.clone();
-                    sender.send_if_modified(|heard| {
-                        let new = heard.token != token;
-                        heard.token = token;
-                        new
-                    });
-                }
-            });
-            Ok(Some(receiver))
-        })
-    }
-}
-
 /// A replica that fails to take the lock without hearing who holds it, on a store that
 /// pushes notices, waits up to 250 ms for a notice before it reads the store again: while
 /// another replica holds the lock for 1.1 s and then publishes, it reads the store four
@@ -441,7 +420,10 @@ impl TokenStore for LockUnheard {
 /// nothing.
 #[tokio::test(start_paused = true)]
 async fn a_replica_that_hears_no_lock_reads_the_store_every_250_ms_while_it_waits() {
-    let store = LockUnheard::default();
+    let store = Probe {
+        tokens_heard: true,
+        ..Probe::default()
+    };
     let key = StoreKey::custom("lock-unheard");
     let holder = store.try_lock(key.as_str(), "holder", Duration::from_secs(10));
     assert!(holder.await.unwrap());
@@ -465,8 +447,8 @@ async fn a_replica_that_hears_no_lock_reads_the_store_every_250_ms_while_it_wait
         .unwrap();
     assert_eq!(fetched.load(Ordering::SeqCst), 0, "fetched alone");
     assert_eq!(token.secret(), "the-holders");
-    let reads = store.reads.lock().unwrap();
-    let waiting: Vec<u128> = reads
+    let waiting: Vec<u128> = store
+        .reads()
         .iter()
         .filter(|at| **at > started)
         .map(|at| (*at - started).as_millis())
