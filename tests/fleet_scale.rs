@@ -58,10 +58,7 @@ async fn replicas_at_scale_wait_for_the_publication() {
     // takes 200 ms (2 to 3 reads each, measured before the notices).
     assert_eq!(f.cold_token_requests, 1);
     let reads = f.cold_commands.get("get");
-    assert!(
-        reads <= replicas as u64 * 6 / 5,
-        "{reads} reads of the store"
-    );
+    assert!(reads <= replicas as u64 + 1, "{reads} reads of the store");
     // Steady: one token request per refresh moment (a 4 s token is renewed about 2.9 s
     // after issue), a replica that heard of a live lock does not try it (at most 10 % of
     // the replicas per refresh look before the notice reaches them), and at most 4 Redis

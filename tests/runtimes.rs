@@ -1,6 +1,7 @@
 //! Runtimes and threads: a runtime that nobody drives never strands callers elsewhere,
-//! nothing panics on purpose (the panic hook never fires), and a caller outside any
-//! runtime gets a typed error instead of a hang.
+//! refreshes on several runtimes stay one per runtime, nothing panics on purpose (the
+//! panic hook never fires), and a caller outside any runtime gets a typed error instead
+//! of a hang.
 //!
 //! This binary installs a panic hook that counts panics: keep every test in it free of
 //! expected panics.
@@ -12,7 +13,16 @@ use std::sync::{Arc, Once};
 use std::task::{Context, Poll, Wake};
 use std::time::Duration;
 
-use docplanner_auth::{AccessToken, BoxError, TokenCache};
+use bytes::Bytes;
+use docplanner_auth::cache::Backoff;
+use docplanner_auth::{
+    AccessToken, BearerAuthLayer, BoxError, ReplayBody, TokenCache, TokenSource,
+};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use tower::{Layer, ServiceExt};
+
+const API: &str = "https://www.doctoralia.es/api/v3/integration";
 
 static PANICS: AtomicUsize = AtomicUsize::new(0);
 
@@ -53,6 +63,47 @@ fn current_thread(paused: bool) -> tokio::runtime::Runtime {
         .start_paused(paused)
         .build()
         .unwrap()
+}
+
+/// A source whose call 0 gives a stale token (obtained 3500 s ago, it lives 3600 s: past
+/// its refresh moment, usable for 70 s more), call 1 never answers, call `failing` (if
+/// any) fails, and the others give new tokens `token-N`; and its count of calls.
+fn stale_then_stuck(failing: Option<usize>) -> (impl TokenSource, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let source = move || {
+        let call = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let lifetime = Duration::from_secs(3600);
+            let token = match call {
+                0 => {
+                    let long_ago = tokio::time::Instant::now()
+                        .checked_sub(Duration::from_secs(3500))
+                        .unwrap();
+                    AccessToken::obtained_at("token-0", long_ago, lifetime)?
+                }
+                1 => std::future::pending().await,
+                _ if Some(call) == failing => {
+                    return Err::<AccessToken, BoxError>("the token endpoint is down".into())
+                }
+                _ => AccessToken::new(format!("token-{call}"), lifetime)?,
+            };
+            Ok(token)
+        }
+    };
+    (source, calls)
+}
+
+/// On `runtime`, a caller served the stale token: a background refresh starts there
+/// (unless one runs), and is let run until it waits.
+fn serve_stale(runtime: &tokio::runtime::Runtime, cache: &TokenCache) {
+    runtime.block_on(async {
+        cache.token().await.unwrap();
+        assert!(cache.cached().is_some(), "stale, still served");
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    });
 }
 
 /// A minimal executor for a thread with no Tokio runtime (as `futures::executor::block_on`).
@@ -152,38 +203,14 @@ fn a_caller_outside_any_runtime_gets_a_typed_error_and_no_panic_fires() {
 #[test]
 fn a_background_refresh_cancelled_with_its_runtime_is_restarted_by_the_next_stale_caller() {
     count_panics();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&calls);
-    // Call 0: a token obtained 3500 s ago that lives 3600 s: stale (past its refresh
-    // moment), still usable for 70 s. Call 1: never answers. Call 2: a new token.
-    let cache = TokenCache::new(move || {
-        let call = counter.fetch_add(1, Ordering::SeqCst);
-        async move {
-            let lifetime = Duration::from_secs(3600);
-            let token = match call {
-                0 => {
-                    let long_ago = tokio::time::Instant::now()
-                        .checked_sub(Duration::from_secs(3500))
-                        .unwrap();
-                    AccessToken::obtained_at("token-0", long_ago, lifetime)?
-                }
-                1 => std::future::pending().await,
-                _ => AccessToken::new(format!("token-{call}"), lifetime)?,
-            };
-            Ok::<_, BoxError>(token)
-        }
-    });
+    // Call 0: a stale token. Call 1: never answers. Call 2: a new token.
+    let (source, calls) = stale_then_stuck(None);
+    let cache = TokenCache::new(source);
 
     // Runtime A gets the stale token; serving it starts a background refresh on A, which
     // then shuts down while that refresh waits for its answer.
     let a = current_thread(false);
-    a.block_on(async {
-        cache.token().await.unwrap();
-        assert!(cache.cached().is_some(), "stale, still served");
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-    });
+    serve_stale(&a, &cache);
     assert_eq!(
         calls.load(Ordering::SeqCst),
         2,
@@ -208,4 +235,58 @@ fn a_background_refresh_cancelled_with_its_runtime_is_restarted_by_the_next_stal
     assert!(renewed.is_ok(), "no new refresh in 5 s");
     assert_eq!(calls.load(Ordering::SeqCst), 3, "one refresh more, on B");
     assert_eq!(PANICS.load(Ordering::SeqCst), 0, "no panic hook fired");
+}
+
+/// The stale path asks, under the lock, whether a refresh runs *or* the endpoint backs off,
+/// not both: a refresh that fails on one runtime sets the backoff (here none) and the
+/// lock-free shortcut to its end while another runtime's refresh still runs, and the next
+/// stale caller must then find that refresh running and start no other (3 source calls,
+/// not 4).
+#[test]
+fn a_failure_on_one_runtime_does_not_start_a_second_refresh_beside_another_runtimes() {
+    count_panics();
+    // Call 0: a stale token. Call 1: never answers. Call 2: fails. Later: a new token.
+    let (source, calls) = stale_then_stuck(Some(2));
+    let mut no_backoff = Backoff::default();
+    no_backoff.base = Duration::ZERO;
+    no_backoff.cap = Duration::ZERO;
+    no_backoff.permanent_base = Duration::ZERO;
+    no_backoff.permanent_cap = Duration::ZERO;
+    let cache = TokenCache::builder(source).backoff(no_backoff).build();
+
+    // Runtime A: serving the stale token starts a background refresh, which waits for its
+    // answer (A stays alive, so that refresh stays under way).
+    let a = current_thread(false);
+    serve_stale(&a, &cache);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "A's background refresh runs"
+    );
+
+    // Runtime B: a 401 for the stale token; the replay waits for a refresh of B's own,
+    // which fails (backoff: none), and the 401 comes back.
+    let b = current_thread(false);
+    let unauthorized = tower::service_fn(|_: Request<ReplayBody<Full<Bytes>>>| async {
+        let mut response = Response::new(Full::<Bytes>::default());
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        Ok::<_, BoxError>(response)
+    });
+    let client = BearerAuthLayer::new(cache.clone(), API)
+        .unwrap()
+        .layer(unauthorized);
+    let status = b.block_on(async {
+        let request = Request::get(format!("{API}/facilities"))
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        client.oneshot(request).await.unwrap().status()
+    });
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "B's refresh failed");
+
+    // The next stale caller, on B: A's refresh still runs; nothing else starts.
+    serve_stale(&b, &cache);
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "a second refresh started");
+    assert_eq!(PANICS.load(Ordering::SeqCst), 0, "no panic hook fired");
+    drop(a);
 }

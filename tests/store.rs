@@ -1,22 +1,31 @@
 //! Token stores without Redis: caches in one process sharing a token through a
-//! `MemoryStore`, and a store that fails or hangs, which must never fail a request.
+//! `MemoryStore`, a store that fails or hangs, which must never fail a request, and the
+//! fleet's protocol on a paused clock through small test stores over a `MemoryStore`: how
+//! a replica waits for another one's refresh (polling, notices, a dead holder's lock) and
+//! drops a rejected token from the store.
 #![allow(clippy::unwrap_used)]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use docplanner_auth::store::{Found, MemoryStore, SharedToken, StoreFuture, StoreKey, TokenStore};
-use docplanner_auth::testing::{FakeDocplanner, FakeService};
+use docplanner_auth::cache::TokenState;
+use docplanner_auth::store::{
+    Found, Heard, MemoryStore, SharedToken, StoreFuture, StoreKey, TokenStore,
+};
+use docplanner_auth::testing::{FakeDocplanner, FakeService, TokenFault};
 use docplanner_auth::{AccessToken, BearerAuth, BoxError, TokenCache};
 use futures_util::future::join_all;
 use http::{Request, StatusCode};
 use http_body_util::Full;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
 
 #[path = "support/notices.rs"]
 mod notices;
+mod support;
 
 fn caches(
     fake: &FakeDocplanner,
@@ -236,19 +245,37 @@ async fn a_memory_store_pushes_its_notices() {
     notices::one_look_and_one_publication(&store, "one-look").await;
 }
 
-/// A `MemoryStore` that pushes no notices and counts its reads.
+/// A `MemoryStore` seen through a store that records when it is read and pushes either no
+/// notices at all, or (`tokens_heard`) only the tokens published, never the refresh lock
+/// (as if its lock notices were lost).
 #[derive(Clone, Default)]
-struct Silent {
+struct Probe {
     inner: MemoryStore,
-    loads: Arc<std::sync::atomic::AtomicUsize>,
+    reads: Arc<Mutex<Vec<Instant>>>,
+    tokens_heard: bool,
 }
 
-impl TokenStore for Silent {
+impl Probe {
+    /// A view of `inner` that pushes no notices.
+    fn silent(inner: MemoryStore) -> Self {
+        Self {
+            inner,
+            ..Self::default()
+        }
+    }
+
+    fn reads(&self) -> Vec<Instant> {
+        self.reads.lock().unwrap().clone()
+    }
+}
+
+impl TokenStore for Probe {
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<SharedToken>> {
-        let loads = self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        if loads > 100 {
+        let mut reads = self.reads.lock().unwrap();
+        reads.push(Instant::now());
+        if reads.len() > 100 {
             // Read in a loop (on the paused clock, a loop that never sleeps would hang the
-            // test): fail, so that the cache fetches alone and the test sees the count.
+            // test): fail, so that the cache fetches alone and the test sees it.
             return Box::pin(async { Err("read in a loop".into()) });
         }
         self.inner.load(key)
@@ -270,6 +297,35 @@ impl TokenStore for Silent {
     fn invalidate<'a>(&'a self, key: &'a str, token: &'a SharedToken) -> StoreFuture<'a, bool> {
         self.inner.invalidate(key, token)
     }
+    fn watch<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<watch::Receiver<Heard>>> {
+        Box::pin(async move {
+            if !self.tokens_heard {
+                return Ok(None);
+            }
+            let Some(mut inner) = self.inner.watch(key).await? else {
+                return Ok(None);
+            };
+            let mut heard = Heard::default();
+            heard.token = inner.borrow().token.clone();
+            let (sender, receiver) = watch::channel(heard);
+            // Forward each token published, and nothing about the lock.
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        changed = inner.changed() => if changed.is_err() { break },
+                        () = sender.closed() => break,
+                    }
+                    let token = inner.borrow_and_update().token.clone();
+                    sender.send_if_modified(|heard| {
+                        let new = heard.token != token;
+                        heard.token = token;
+                        new
+                    });
+                }
+            });
+            Ok(Some(receiver))
+        })
+    }
 }
 
 /// A store that implements only the required operations gets `load_or_lock` and
@@ -277,7 +333,7 @@ impl TokenStore for Silent {
 /// how long a held lock is kept.
 #[tokio::test]
 async fn a_store_with_only_the_required_operations_gets_the_defaults() {
-    let store = Silent::default();
+    let store = Probe::default();
     let ttl = Duration::from_secs(5);
     assert_eq!(
         store.load_or_lock("k", "a", ttl).await.unwrap(),
@@ -297,7 +353,7 @@ async fn a_store_with_only_the_required_operations_gets_the_defaults() {
         other => panic!("the stored token was reported as {other:?}"),
     }
     assert!(store.try_lock("k", "d", ttl).await.unwrap(), "released");
-    assert_eq!(store.loads.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(store.reads().len(), 3);
 }
 
 /// A replica that finds the refresh lock held by a replica that died with it, on a store
@@ -308,7 +364,7 @@ async fn a_replica_polls_a_silent_store_on_a_doubling_pause() {
     let fake = FakeDocplanner::builder().in_process();
     let credentials = fake.credentials().unwrap();
     let key = credentials.store_key();
-    let store = Silent::default();
+    let store = Probe::default();
     let dead = store.try_lock(key.as_str(), "dead-replica", Duration::from_secs(2));
     assert!(dead.await.unwrap());
     let cache = TokenCache::builder(credentials)
@@ -326,6 +382,192 @@ async fn a_replica_polls_a_silent_store_on_a_doubling_pause() {
     );
     // A first read; reads 25, 75, 175, 375, 625 … 1,875 and 2,125 ms in (11); then, the
     // lock taken, one more for a token published just before: 13.
-    let loads = store.loads.load(std::sync::atomic::Ordering::SeqCst);
+    let loads = store.reads().len();
     assert_eq!(loads, 13, "{loads} reads");
+}
+
+/// A replica's token is revoked while the token endpoint is down: the 401 comes back (its
+/// refresh failed), and the store must no longer hold the revoked token (a 401 deletes it,
+/// compare-and-delete, before the refresh). Then, the endpoint back, a new replica that
+/// sees the store through `view` serves one request. Returns the fake's counts of requests
+/// sent with a revoked token and of token requests.
+async fn a_new_replica_after_a_failed_refresh<S: TokenStore + Clone>(
+    view: impl FnOnce(MemoryStore) -> S,
+) -> (u64, u64) {
+    let fake = FakeDocplanner::builder().in_process();
+    let key = fake.credentials().unwrap().store_key();
+    let store = MemoryStore::new();
+    let first = caches(&fake, store.clone(), 1);
+    assert_eq!(load(&fake, &first, 1).await, 1);
+    assert!(
+        store.load(key.as_str()).await.unwrap().is_some(),
+        "published"
+    );
+
+    fake.revoke_all_tokens();
+    fake.fail_all_token_requests(TokenFault::Status {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        retry_after: None,
+    });
+    assert_eq!(load(&fake, &first, 1).await, 0, "the 401 comes back");
+    assert_eq!(fake.stats().token_requests, 2, "one failed refresh");
+    assert_eq!(fake.stats().api_revoked_token, 1);
+    assert!(
+        store.load(key.as_str()).await.unwrap().is_none(),
+        "the rejected token is still stored"
+    );
+
+    fake.clear_token_faults();
+    let second = caches(&fake, view(store), 1);
+    assert_eq!(load(&fake, &second, 1).await, 1);
+    let stats = fake.stats();
+    (stats.api_revoked_token, stats.token_requests)
+}
+
+/// A new replica (another process: it has heard nothing) finds no token to adopt after a
+/// revocation whose refresh failed: it fetches its own and never sends the revoked one.
+#[tokio::test(start_paused = true)]
+async fn a_rejected_token_leaves_the_store_even_when_its_refresh_fails() {
+    let (revoked_sent, token_requests) = a_new_replica_after_a_failed_refresh(Probe::silent).await;
+    assert_eq!(revoked_sent, 1, "the new replica sent the revoked token");
+    assert_eq!(token_requests, 3, "the new replica fetched its own");
+}
+
+/// The same with a new cache in the same process, which shares the store's notices: the
+/// last token they carry is the revoked one, which the store no longer holds.
+#[tokio::test(start_paused = true)]
+#[ignore = "known gap: a token deleted by a 401 is still adopted from the notices of its \
+            process (invalidate notifies no watcher)"]
+async fn a_rejected_token_is_not_adopted_from_the_notices_of_its_process() {
+    let (revoked_sent, token_requests) = a_new_replica_after_a_failed_refresh(|s| s).await;
+    assert_eq!(revoked_sent, 1, "the new cache sent the revoked token");
+    assert_eq!(token_requests, 3, "the new cache fetched its own");
+}
+
+/// A replica that fails to take the lock without hearing who holds it, on a store that
+/// pushes notices, waits up to 250 ms for a notice before it reads the store again: while
+/// another replica holds the lock for 1.1 s and then publishes, it reads the store four
+/// times (250, 500, 750 and 1,000 ms in), adopts the token from the notice and fetches
+/// nothing.
+#[tokio::test(start_paused = true)]
+async fn a_replica_that_hears_no_lock_reads_the_store_every_250_ms_while_it_waits() {
+    let store = Probe {
+        tokens_heard: true,
+        ..Probe::default()
+    };
+    let key = StoreKey::custom("lock-unheard");
+    let holder = store.try_lock(key.as_str(), "holder", Duration::from_secs(10));
+    assert!(holder.await.unwrap());
+    let (source, fetched) = counted_source();
+    let cache = TokenCache::builder(source)
+        .store(store.clone(), key.clone())
+        .build();
+    let started = Instant::now();
+    tokio::spawn({
+        let store = store.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(1_100)).await;
+            let token = AccessToken::new("the-holders", Duration::from_secs(3600)).unwrap();
+            let shared = SharedToken::from_token(&token);
+            store.publish(key.as_str(), &shared).await.unwrap();
+            store.unlock(key.as_str(), "holder").await.unwrap();
+        }
+    });
+    let token = support::within("the holder's token", cache.token())
+        .await
+        .unwrap();
+    assert_eq!(fetched.load(Ordering::SeqCst), 0, "fetched alone");
+    assert_eq!(token.secret(), "the-holders");
+    let waiting: Vec<u128> = store
+        .reads()
+        .iter()
+        .filter(|at| **at > started)
+        .map(|at| (*at - started).as_millis())
+        .collect();
+    assert_eq!(waiting, [250, 500, 750, 1_000], "reads while waiting (ms)");
+}
+
+/// A source of tokens `fetched-1`, `fetched-2`, … (an hour each) and its count of calls.
+fn counted_source() -> (
+    impl Fn() -> std::future::Ready<Result<AccessToken, BoxError>> + Clone + Send + Sync + 'static,
+    Arc<AtomicUsize>,
+) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let source = move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        std::future::ready(
+            AccessToken::new(format!("fetched-{n}"), Duration::from_secs(3600))
+                .map_err(BoxError::from),
+        )
+    };
+    (source, calls)
+}
+
+/// A fleet cache's refresh deadline counts the wait for another replica's lock: a refresh
+/// that waits 20 s (its lock TTL, twice the 10 s request timeout) for a replica that died
+/// holding the lock, then fetches alone, is not presumed stuck meanwhile (it would be
+/// after 15 s, the request timeout and its grace, without the wait), so the stale callers
+/// of that minute start no other refresh: one token request, and its token is kept.
+#[tokio::test(start_paused = true)]
+async fn a_refresh_waiting_for_a_dead_replicas_lock_is_not_presumed_stuck() {
+    let store = MemoryStore::new();
+    let key = StoreKey::custom("dead-holder");
+    let (source, fetched) = counted_source();
+    let cache = TokenCache::builder(source)
+        .token_request_timeout(Duration::from_secs(10))
+        .store(store.clone(), key.clone())
+        .build();
+    cache.token().await.unwrap();
+    // A replica takes the lock and dies with it: the lock outlives every wait.
+    let dead = store.try_lock(key.as_str(), "dead-replica", Duration::from_secs(24 * 3600));
+    assert!(dead.await.unwrap());
+    while cache.status().state == TokenState::Fresh {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // A stale caller every second for a minute.
+    for _ in 0..60 {
+        cache.token().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(fetched.load(Ordering::SeqCst), 2, "token requests");
+    let current = cache.token().await.unwrap();
+    assert_eq!(current.secret(), "fetched-2");
+    assert_eq!(cache.status().state, TokenState::Fresh);
+}
+
+/// A replica that heard of another's lock waits until the lock's very end and takes it at
+/// that instant, when the store frees it: on the paused clock, a replica that died
+/// holding a 2 s lock is outlived exactly 2 s in, with one token request. (A replica that
+/// still took the lock for held at its last instant would spin there: its wait for a
+/// notice until that instant ends at once, and the paused clock never moves again; the
+/// cache runs on a thread of its own, and a watchdog on the real clock fails the test.)
+#[test]
+fn a_replica_takes_a_dead_replicas_lock_at_the_instant_it_expires() {
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let result = runtime.block_on(async {
+            let store = MemoryStore::new();
+            let key = StoreKey::custom("lock-end");
+            let dead = store.try_lock(key.as_str(), "dead-replica", Duration::from_secs(2));
+            assert!(dead.await.unwrap());
+            let (source, fetched) = counted_source();
+            let cache = TokenCache::builder(source).store(store, key).build();
+            let started = Instant::now();
+            let token = cache.token().await.unwrap();
+            let secret = token.secret().to_owned();
+            (secret, fetched.load(Ordering::SeqCst), started.elapsed())
+        });
+        let _ = done.send(result);
+    });
+    let (token, fetched, waited) = outcome
+        .recv_timeout(Duration::from_secs(10))
+        .expect("no token after 10 s of real time (or the cache's thread panicked)");
+    assert_eq!((token.as_str(), fetched), ("fetched-1", 1));
+    assert_eq!(waited, Duration::from_secs(2));
 }
