@@ -130,6 +130,7 @@ impl TokenStore for MemoryStore {
         let same = state.tokens.get(key) == Some(token);
         if same {
             state.tokens.remove(key);
+            self.watchers.heard(key, |heard| heard.token = None);
         }
         Box::pin(async move { Ok(same) })
     }

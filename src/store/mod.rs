@@ -152,7 +152,9 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// What happens under `key`, pushed by the store as it happens: a receiver whose value
     /// is what has been [`Heard`] so far, and which changes when a token is published
-    /// under `key`, when its refresh lock is taken, and when the lock is released.
+    /// under `key`, when it is invalidated (the token is forgotten: no cache may adopt it
+    /// from the notices once the store dropped it), when its refresh lock is taken, and
+    /// when the lock is released.
     ///
     /// A cache that finds the lock taken waits on this instead of polling the store. The
     /// receiver must be returned only once the store listens (so that a publication after
@@ -185,7 +187,8 @@ pub enum Found {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Heard {
-    /// The last token published under the key since the store started listening.
+    /// The last token published under the key since the store started listening, unless
+    /// it was invalidated since.
     pub token: Option<SharedToken>,
     /// Until when the refresh lock is held by the replica that took it last (on this
     /// process's clock), or `None` if it was released. A store may end it with the token

@@ -19,13 +19,16 @@ use zeroize::Zeroizing;
 use super::{unix_ms, Found, Heard, SharedToken, StoreFuture, TokenStore, Watchers};
 use crate::error::{BoxError, Error};
 
-/// Compare-and-delete: delete KEYS[1] only if it holds ARGV[1].
-const COMPARE_AND_DELETE: &str = r#"
+/// Compare-and-delete: delete the token KEYS[1] only if it is still ARGV[1] (the token a
+/// replica saw rejected), and say so on the notice channel ARGV[2] (`dropped`), so that no
+/// cache adopts it from an earlier notice.
+const INVALIDATE: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
-else
-    return 0
+    redis.call('DEL', KEYS[1])
+    redis.pcall('PUBLISH', ARGV[2], 'dropped')
+    return 1
 end
+return 0
 "#;
 
 /// Take the refresh lock KEYS[1] for owner ARGV[1] for ARGV[2] ms, if nobody holds it,
@@ -160,7 +163,7 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 pub struct RedisStore {
     connection: Connection,
     prefix: Arc<str>,
-    compare_and_delete: Arc<Script>,
+    invalidate: Arc<Script>,
     lock: Arc<Script>,
     unlock: Arc<Script>,
     publish: Arc<Script>,
@@ -265,7 +268,7 @@ impl RedisStore {
         Self {
             connection,
             prefix: Arc::from(""),
-            compare_and_delete: Arc::new(Script::new(COMPARE_AND_DELETE)),
+            invalidate: Arc::new(Script::new(INVALIDATE)),
             lock: Arc::new(Script::new(LOCK)),
             unlock: Arc::new(Script::new(UNLOCK)),
             publish: Arc::new(Script::new(PUBLISH)),
@@ -463,7 +466,7 @@ impl Drop for Ended {
 }
 
 /// One notice heard on `channel`: a published token, a lock taken for some milliseconds,
-/// or a lock released. Anything else is ignored.
+/// a lock released, or the token dropped after a 401. Anything else is ignored.
 fn hear(watchers: &Watchers, channel: &str, payload: &str) {
     if let Some(stored) = payload.strip_prefix("token ") {
         if let Ok(token) = SharedToken::decode(stored) {
@@ -481,6 +484,8 @@ fn hear(watchers: &Watchers, channel: &str, payload: &str) {
         }
     } else if payload == "released" {
         watchers.heard(channel, |heard| heard.locked_until = None);
+    } else if payload == "dropped" {
+        watchers.heard(channel, |heard| heard.token = None);
     }
 }
 
@@ -548,9 +553,10 @@ impl TokenStore for RedisStore {
         Box::pin(async move {
             let mut connection = self.connection().await?;
             let deleted: i64 = self
-                .compare_and_delete
+                .invalidate
                 .key(self.key(key))
                 .arg(token.encode().as_str())
+                .arg(self.channel(key))
                 .invoke_async(&mut connection)
                 .await?;
             Ok(deleted == 1)

@@ -52,6 +52,19 @@ pub async fn notices_follow_the_lock_and_the_token(store: &dyn TokenStore, key: 
     let later = store.watch(key).await.unwrap().unwrap();
     assert!(later.borrow().token.as_ref().is_some_and(|t| t.is(&token)));
     assert!(!format!("{:?}", later.borrow()).contains("n0tice"));
+
+    // A token invalidated after a 401 is forgotten by the notices too.
+    let stored = store.load(key).await.unwrap().unwrap();
+    assert!(store.invalidate(key, &stored).await.unwrap());
+    until(&mut heard, |h| h.token.is_none()).await;
+    assert!(store
+        .watch(key)
+        .await
+        .unwrap()
+        .unwrap()
+        .borrow()
+        .token
+        .is_none());
 }
 
 /// `load_or_lock` takes the lock when nothing is stored and says how long another holder
