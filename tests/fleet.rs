@@ -724,3 +724,35 @@ async fn a_replica_told_of_a_held_lock_waits_without_trying_it_again() {
     );
     println!("case held lock: token_requests=0, failed lock attempts=1");
 }
+
+/// A value under the token's key that this version cannot read (another program's, or a
+/// future format) is never sent as a token: the first look cannot use it, so it takes the
+/// lock on its own, fetches once and publishes over it; the next replica adopts that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_of_another_format_under_the_key_is_replaced_not_sent() {
+    let Some(redis) =
+        RedisServer::start("a_value_of_another_format_under_the_key_is_replaced_not_sent")
+    else {
+        return;
+    };
+    let fake = FakeDocplanner::builder().in_process();
+    let key = fake.credentials().unwrap().store_key();
+    redis
+        .command(&["SET", key.as_str(), "v9 not-a-token-this-version-reads"])
+        .await;
+    let fleet = replicas(&fake, &redis.url(), 2);
+    assert_eq!(load(&fake, &fleet[..1], 5).await, 5);
+    assert_eq!(load(&fake, &fleet[1..], 5).await, 5);
+    let stats = fake.stats();
+    assert_eq!(stats.token_requests, 1, "one fetch, then adopted");
+    assert_eq!(
+        stats.api_unknown_token, 0,
+        "the foreign value was never sent"
+    );
+    match redis.command(&["GET", key.as_str()]).await {
+        redis::Value::BulkString(stored) => assert!(stored.starts_with(b"v1 ")),
+        other => panic!("the published token is not stored: {other:?}"),
+    }
+    let adopted: u64 = fleet.iter().map(|r| r.cache.stats().store_adoptions).sum();
+    assert_eq!(adopted, 1);
+}
