@@ -570,3 +570,52 @@ fn a_replica_takes_a_dead_replicas_lock_at_the_instant_it_expires() {
     assert_eq!((token.as_str(), fetched), ("fetched-1", 1));
     assert_eq!(waited, Duration::from_secs(2));
 }
+
+/// After a 401, a replica that finds in the store a token another replica published since
+/// (not the one it saw rejected) adopts it: it deletes only the token it saw rejected,
+/// never a newer one. Replica A sees the store without notices (as from another process),
+/// so it looks at the store: 2 token requests in all (the first token, and B's refresh).
+#[tokio::test(start_paused = true)]
+async fn a_replica_rejected_after_another_refreshed_adopts_the_new_token_and_keeps_it() {
+    let fake = FakeDocplanner::builder().in_process();
+    let key = fake.credentials().unwrap().store_key();
+    let store = MemoryStore::new();
+    let a = caches(&fake, Probe::silent(store.clone()), 1);
+    let b = caches(&fake, store.clone(), 1);
+    assert_eq!(load(&fake, &a, 1).await, 1);
+    assert_eq!(load(&fake, &b, 1).await, 1);
+    assert_eq!(fake.stats().token_requests, 1);
+
+    fake.revoke_all_tokens();
+    assert_eq!(load(&fake, &b, 1).await, 1, "B refreshed and replayed");
+    assert_eq!(fake.stats().token_requests, 2);
+    let newer = store.load(key.as_str()).await.unwrap().unwrap();
+
+    assert_eq!(
+        load(&fake, &a, 1).await,
+        1,
+        "A adopted B's token and replayed"
+    );
+    assert_eq!(fake.stats().token_requests, 2, "A fetched nothing");
+    assert_eq!(fake.stats().api_revoked_token, 2, "one 401 each");
+    let stored = store.load(key.as_str()).await.unwrap();
+    assert_eq!(stored, Some(newer), "B's token is still the stored one");
+}
+
+/// A refresh that fails releases the store's lock at once: the next replica may take it
+/// without waiting for its TTL (twice the token request timeout).
+#[tokio::test(start_paused = true)]
+async fn a_failed_refresh_releases_the_store_lock() {
+    let fake = FakeDocplanner::builder().in_process();
+    fake.fail_all_token_requests(TokenFault::Status {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        retry_after: None,
+    });
+    let key = fake.credentials().unwrap().store_key();
+    let store = MemoryStore::new();
+    let cache = &caches(&fake, store.clone(), 1)[0].0;
+    assert!(cache.token().await.is_err());
+    assert_eq!(fake.stats().token_requests, 1);
+    let next = store.try_lock(key.as_str(), "next-replica", Duration::from_secs(20));
+    assert!(next.await.unwrap(), "the lock was left held");
+}
