@@ -756,3 +756,43 @@ async fn a_value_of_another_format_under_the_key_is_replaced_not_sent() {
     let adopted: u64 = fleet.iter().map(|r| r.cache.stats().store_adoptions).sum();
     assert_eq!(adopted, 1);
 }
+
+/// A store on the application's own connection may be on a Redis Cluster, where a script
+/// may only touch keys of one slot: the token's key and its lock's are in different
+/// slots, so such a store looks and publishes in two operations each, one key each (a
+/// one-node cluster refuses a script on both keys with `CROSSSLOT`). Two replicas: one
+/// token request, one adoption, no store fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_a_cluster_connection_share_one_token() {
+    let Some(redis) =
+        RedisServer::start_cluster("replicas_on_a_cluster_connection_share_one_token").await
+    else {
+        return;
+    };
+    let fake = FakeDocplanner::builder().in_process();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let connection = client.get_multiplexed_async_connection().await.unwrap();
+    let fleet: Vec<TokenCache> = (0..2)
+        .map(|i| {
+            let credentials = fake.credentials().unwrap();
+            let key = credentials.store_key();
+            TokenCache::builder(credentials)
+                .name(format!("replica-{i}"))
+                .store(RedisStore::with_connection(connection.clone()), key)
+                .build()
+        })
+        .collect();
+    let first = fleet[0].token().await.unwrap();
+    let second = fleet[1].token().await.unwrap();
+    assert!(second.same_secret(&first), "adopted from the store");
+    assert_eq!(fake.stats().token_requests, 1);
+    let faults: u64 = fleet.iter().map(|c| c.stats().store_faults).sum();
+    assert_eq!(faults, 0, "no script was refused");
+    let key = fake.credentials().unwrap().store_key();
+    let lock = format!("{}:lock", key.as_str());
+    assert_eq!(
+        redis.command(&["EXISTS", &lock]).await,
+        redis::Value::Int(0),
+        "the lock was released"
+    );
+}

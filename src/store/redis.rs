@@ -113,6 +113,8 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 /// * One round trip per step: a replica's first look returns the stored token or else
 ///   takes the lock ([`TokenStore::load_or_lock`]), and the holder publishes its token
 ///   and releases the lock together ([`TokenStore::publish_and_unlock`]), each one script.
+///   On your own connection (which may be a Redis Cluster's, where one script may only
+///   touch keys of one slot) each is two operations, one key each.
 /// * Notices ([`TokenStore::watch`]): taking the lock, publishing a token (which ends the
 ///   lock) and releasing the lock without a token are announced on the channel
 ///   `…:notices` (the token travels in the message), and a store made from a URL or a client listens on one pub/sub connection
@@ -314,6 +316,14 @@ impl RedisStore {
         format!("{}{key}:notices", self.prefix)
     }
 
+    /// Whether each script must touch one key only: on the application's connection,
+    /// which may be a Redis Cluster's, where the keys of one script must share a slot
+    /// (the token's key and its lock's do not). The look and the publication are then two
+    /// operations each.
+    fn one_key_per_script(&self) -> bool {
+        matches!(self.connection, Connection::Given(_))
+    }
+
     /// Run the lock script: take the lock of `key` for `owner` for `ttl`, unless `look`
     /// finds a token stored (then that token). A stored value this version cannot read
     /// (another program's) counts as none: the lock is tried on its own.
@@ -511,7 +521,13 @@ impl TokenStore for RedisStore {
         token: &'a SharedToken,
         owner: &'a str,
     ) -> StoreFuture<'a, ()> {
-        Box::pin(self.publish_token(key, token, Some(owner)))
+        Box::pin(async move {
+            if self.one_key_per_script() {
+                self.publish_token(key, token, None).await?;
+                return self.unlock(key, owner).await;
+            }
+            self.publish_token(key, token, Some(owner)).await
+        })
     }
 
     fn try_lock<'a>(
@@ -532,7 +548,15 @@ impl TokenStore for RedisStore {
         owner: &'a str,
         ttl: Duration,
     ) -> StoreFuture<'a, Found> {
-        Box::pin(self.lock(key, owner, ttl, true))
+        Box::pin(async move {
+            if self.one_key_per_script() {
+                if let Some(stored) = self.load(key).await? {
+                    return Ok(Found::Token(stored));
+                }
+                return self.lock(key, owner, ttl, false).await;
+            }
+            self.lock(key, owner, ttl, true).await
+        })
     }
 
     fn unlock<'a>(&'a self, key: &'a str, owner: &'a str) -> StoreFuture<'a, ()> {

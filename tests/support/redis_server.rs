@@ -40,6 +40,38 @@ impl RedisServer {
         })
     }
 
+    /// Start one in cluster mode, alone, serving every slot: a script there may only touch
+    /// keys of one slot (`CROSSSLOT` otherwise), as on any Redis Cluster.
+    pub async fn start_cluster(test: &str) -> Option<Self> {
+        let config = std::env::temp_dir().join(format!(
+            "docplanner-auth-cluster-{}-{:016x}.conf",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let server = Self::start_with(test, |port| {
+            vec![
+                "--port".into(),
+                port.to_string(),
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                config.display().to_string(),
+            ]
+        })?;
+        server
+            .command(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"])
+            .await;
+        for _ in 0..500 {
+            if let redis::Value::BulkString(info) = server.command(&["CLUSTER", "INFO"]).await {
+                if info.starts_with(b"cluster_state:ok") {
+                    return Some(server);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the one-node cluster never reached cluster_state:ok");
+    }
+
     fn start_with(test: &str, listen: impl FnOnce(u16) -> Vec<String>) -> Option<Self> {
         let free = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = free.local_addr().unwrap().port();
