@@ -12,6 +12,8 @@ use std::time::Duration;
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    /// A cluster node's configuration file, removed on drop.
+    config: Option<std::path::PathBuf>,
 }
 
 impl RedisServer {
@@ -48,7 +50,7 @@ impl RedisServer {
             std::process::id(),
             fastrand::u64(..)
         ));
-        let server = Self::start_with(test, |port| {
+        let mut server = Self::start_with(test, |port| {
             vec![
                 "--port".into(),
                 port.to_string(),
@@ -58,6 +60,7 @@ impl RedisServer {
                 config.display().to_string(),
             ]
         })?;
+        server.config = Some(config);
         server
             .command(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"])
             .await;
@@ -111,6 +114,7 @@ impl RedisServer {
         let server = Self {
             child: Some(child),
             port,
+            config: None,
         };
         for _ in 0..500 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -153,5 +157,8 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(config) = self.config.take() {
+            let _ = std::fs::remove_file(config);
+        }
     }
 }
