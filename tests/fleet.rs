@@ -755,13 +755,32 @@ async fn a_value_of_another_format_under_the_key_is_replaced_not_sent() {
     }
     let adopted: u64 = fleet.iter().map(|r| r.cache.stats().store_adoptions).sum();
     assert_eq!(adopted, 1);
+
+    // Bytes that are not UTF-8 count as no token too: not a store fault.
+    let fake = FakeDocplanner::builder().in_process();
+    let key = fake.credentials().unwrap().store_key();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("SET")
+        .arg(key.as_str())
+        .arg(&b"v1 1 2 \xff\xfe"[..])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let fleet = replicas(&fake, &redis.url(), 2);
+    assert_eq!(load(&fake, &fleet[..1], 5).await, 5);
+    assert_eq!(load(&fake, &fleet[1..], 5).await, 5);
+    assert_eq!(fake.stats().token_requests, 1, "one fetch, then adopted");
+    let faults: u64 = fleet.iter().map(|r| r.cache.stats().store_faults).sum();
+    assert_eq!(faults, 0, "a value that is not UTF-8 is not a fault");
 }
 
 /// A store on the application's own connection may be on a Redis Cluster, where a script
 /// may only touch keys of one slot: the token's key and its lock's are in different
-/// slots, so such a store looks and publishes in two operations each, one key each (a
-/// one-node cluster refuses a script on both keys with `CROSSSLOT`). Two replicas: one
-/// token request, one adoption, no store fault.
+/// slots, so such a store looks and publishes in operations of one key each (a one-node
+/// cluster refuses a script on both keys with `CROSSSLOT`); a store made from a URL
+/// (through a proxy in front of a cluster, say) switches to that on the first refusal.
+/// Two replicas each: one token request, no store fault.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_on_a_cluster_connection_share_one_token() {
     let Some(redis) =
@@ -769,30 +788,37 @@ async fn replicas_on_a_cluster_connection_share_one_token() {
     else {
         return;
     };
-    let fake = FakeDocplanner::builder().in_process();
     let client = redis::Client::open(redis.url()).unwrap();
     let connection = client.get_multiplexed_async_connection().await.unwrap();
-    let fleet: Vec<TokenCache> = (0..2)
-        .map(|i| {
-            let credentials = fake.credentials().unwrap();
-            let key = credentials.store_key();
-            TokenCache::builder(credentials)
-                .name(format!("replica-{i}"))
-                .store(RedisStore::with_connection(connection.clone()), key)
-                .build()
-        })
-        .collect();
-    let first = fleet[0].token().await.unwrap();
-    let second = fleet[1].token().await.unwrap();
-    assert!(second.same_secret(&first), "adopted from the store");
-    assert_eq!(fake.stats().token_requests, 1);
-    let faults: u64 = fleet.iter().map(|c| c.stats().store_faults).sum();
-    assert_eq!(faults, 0, "no script was refused");
-    let key = fake.credentials().unwrap().store_key();
-    let lock = format!("{}:lock", key.as_str());
-    assert_eq!(
-        redis.command(&["EXISTS", &lock]).await,
-        redis::Value::Int(0),
-        "the lock was released"
-    );
+    // On the application's connection; and made from the URL, as through a proxy in front
+    // of a cluster: the first two-key script is refused, and the store goes on with one
+    // key per script.
+    let stores = [
+        RedisStore::with_connection(connection),
+        RedisStore::open(&redis.url()).unwrap().prefix("via-url:"),
+    ];
+    for store in stores {
+        let fake = FakeDocplanner::builder().in_process();
+        let fleet: Vec<TokenCache> = (0..2)
+            .map(|i| {
+                let credentials = fake.credentials().unwrap();
+                let key = credentials.store_key();
+                TokenCache::builder(credentials)
+                    .name(format!("replica-{i}"))
+                    .store(store.clone(), key)
+                    .build()
+            })
+            .collect();
+        let first = fleet[0].token().await.unwrap();
+        let second = fleet[1].token().await.unwrap();
+        assert!(second.same_secret(&first), "adopted from the store");
+        assert_eq!(fake.stats().token_requests, 1);
+        let faults: u64 = fleet.iter().map(|c| c.stats().store_faults).sum();
+        assert_eq!(faults, 0, "no script was refused for good");
+        assert_eq!(
+            redis.command(&["KEYS", "*:lock"]).await,
+            redis::Value::Array(vec![]),
+            "the lock was released"
+        );
+    }
 }

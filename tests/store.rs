@@ -353,7 +353,9 @@ async fn a_store_with_only_the_required_operations_gets_the_defaults() {
         other => panic!("the stored token was reported as {other:?}"),
     }
     assert!(store.try_lock("k", "d", ttl).await.unwrap(), "released");
-    assert_eq!(store.reads().len(), 3);
+    // The first look: a read, the lock, a read again; the second: a read and the lock
+    // held; the third: a read.
+    assert_eq!(store.reads().len(), 4);
 }
 
 /// A replica that finds the refresh lock held by a replica that died with it, on a store
@@ -618,4 +620,109 @@ async fn a_failed_refresh_releases_the_store_lock() {
     assert_eq!(fake.stats().token_requests, 1);
     let next = store.try_lock(key.as_str(), "next-replica", Duration::from_secs(20));
     assert!(next.await.unwrap(), "the lock was left held");
+}
+
+/// A store of someone else's whose look says another replica holds the lock for longer
+/// than any lock lives (`Duration::MAX`): the cache neither panics on the clock nor waits
+/// past its own lock TTL (twice the 10 s request timeout) before it fetches alone.
+#[tokio::test(start_paused = true)]
+async fn a_store_that_says_the_lock_is_held_forever_is_waited_on_for_one_lock_ttl() {
+    #[derive(Clone, Default)]
+    struct Forever(MemoryStore);
+    impl TokenStore for Forever {
+        fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<SharedToken>> {
+            self.0.load(key)
+        }
+        fn publish<'a>(&'a self, key: &'a str, token: &'a SharedToken) -> StoreFuture<'a, ()> {
+            self.0.publish(key, token)
+        }
+        fn try_lock<'a>(&'a self, _: &'a str, _: &'a str, _: Duration) -> StoreFuture<'a, bool> {
+            Box::pin(async { Ok(false) })
+        }
+        fn unlock<'a>(&'a self, key: &'a str, owner: &'a str) -> StoreFuture<'a, ()> {
+            self.0.unlock(key, owner)
+        }
+        fn invalidate<'a>(&'a self, key: &'a str, token: &'a SharedToken) -> StoreFuture<'a, bool> {
+            self.0.invalidate(key, token)
+        }
+        fn load_or_lock<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: Duration,
+        ) -> StoreFuture<'a, Found> {
+            Box::pin(async { Ok(Found::Held(Some(Duration::MAX))) })
+        }
+        fn watch<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<watch::Receiver<Heard>>> {
+            self.0.watch(key)
+        }
+    }
+    let (source, fetched) = counted_source();
+    let cache = TokenCache::builder(source)
+        .store(Forever::default(), StoreKey::custom("forever"))
+        .build();
+    let started = Instant::now();
+    let token = tokio::time::timeout(Duration::from_secs(60), cache.token())
+        .await
+        .expect("waited past the lock TTL")
+        .unwrap();
+    assert_eq!(token.secret(), "fetched-1");
+    assert_eq!(fetched.load(Ordering::SeqCst), 1, "fetched alone");
+    assert_eq!(started.elapsed(), Duration::from_secs(20), "one lock TTL");
+}
+
+/// The trait's default look, in several operations: a token another replica publishes
+/// between its read and its lock is returned (and the lock given back), not fetched again.
+#[tokio::test]
+async fn the_default_look_returns_a_token_published_between_its_read_and_its_lock() {
+    #[derive(Clone, Default)]
+    struct Racing(MemoryStore);
+    impl TokenStore for Racing {
+        fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<SharedToken>> {
+            self.0.load(key)
+        }
+        fn publish<'a>(&'a self, key: &'a str, token: &'a SharedToken) -> StoreFuture<'a, ()> {
+            self.0.publish(key, token)
+        }
+        /// Another replica publishes (and releases its lock) just before this one locks.
+        fn try_lock<'a>(
+            &'a self,
+            key: &'a str,
+            owner: &'a str,
+            ttl: Duration,
+        ) -> StoreFuture<'a, bool> {
+            Box::pin(async move {
+                let token = AccessToken::new("r4ced", Duration::from_secs(60))?;
+                self.0
+                    .publish(key, &SharedToken::from_token(&token))
+                    .await?;
+                self.0.try_lock(key, owner, ttl).await
+            })
+        }
+        fn unlock<'a>(&'a self, key: &'a str, owner: &'a str) -> StoreFuture<'a, ()> {
+            self.0.unlock(key, owner)
+        }
+        fn invalidate<'a>(&'a self, key: &'a str, token: &'a SharedToken) -> StoreFuture<'a, bool> {
+            self.0.invalidate(key, token)
+        }
+    }
+    let store = Racing::default();
+    match store
+        .load_or_lock("k", "a", Duration::from_secs(5))
+        .await
+        .unwrap()
+    {
+        Found::Token(stored) => {
+            assert!(stored.is(&AccessToken::new("r4ced", Duration::from_secs(60)).unwrap()))
+        }
+        other => panic!("the token published meanwhile was reported as {other:?}"),
+    }
+    assert!(
+        store
+            .0
+            .try_lock("k", "b", Duration::from_secs(5))
+            .await
+            .unwrap(),
+        "the lock was given back"
+    );
 }

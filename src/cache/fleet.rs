@@ -264,7 +264,11 @@ impl Fleet {
                     }
                 }
                 Ok(Found::Locked) => return self.fetch_and_publish(observer, &fetch).await,
-                Ok(Found::Held(left)) => held_until = left.map(|left| Instant::now() + left),
+                // However long the store says, the wait below ends at our own give-up time
+                // (and an answer past the clock's range counts as none).
+                Ok(Found::Held(left)) => {
+                    held_until = left.and_then(|left| Instant::now().checked_add(left));
+                }
             }
         }
         let give_up = Instant::now() + self.lock_ttl;
@@ -273,10 +277,13 @@ impl Fleet {
             // Heard of a live lock (or told of it on our look, until the first notice):
             // wait for its holder, do not compete with it. A store that pushes nothing
             // is polled whatever the lock.
-            let locked_until = notices
-                .as_ref()
-                .and_then(|n| n.borrow().locked_until.or(held_until))
-                .filter(|until| *until > Instant::now());
+            let locked_until = notices.as_ref().and_then(|n| {
+                let now = Instant::now();
+                [n.borrow().locked_until, held_until]
+                    .into_iter()
+                    .flatten()
+                    .find(|until| *until > now)
+            });
             if locked_until.is_none() {
                 let lock = self.store.try_lock(key, &self.owner, self.lock_ttl);
                 match self.call(observer, "take the refresh lock", lock).await {

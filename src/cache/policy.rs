@@ -403,7 +403,9 @@ mod tests {
         let window = s.usable_until - s.refresh_at;
         let backoff = Backoff::default();
         let (mut elapsed, mut attempts) = (Duration::ZERO, 0);
-        while elapsed < window {
+        // Bounded: a backoff that stopped growing (a zero delay) fails the test's counts
+        // instead of looping forever.
+        while elapsed < window && attempts < 1_000 {
             attempts += 1;
             elapsed += backoff.delay(attempts, false, None, backoff_fraction);
         }

@@ -50,6 +50,18 @@ impl MemoryStore {
         state.tokens.get(key).cloned()
     }
 
+    /// Release the lock of `key` if `owner` holds it; whether it did.
+    fn unlock_owned(state: &mut State, key: &str, owner: &str) -> bool {
+        let ours = state
+            .locks
+            .get(key)
+            .is_some_and(|(holder, _)| holder == owner);
+        if ours {
+            state.locks.remove(key);
+        }
+        ours
+    }
+
     /// Take the lock of `key` for `owner` for `ttl` and announce it, or say how long its
     /// holder keeps it.
     fn lock(
@@ -79,9 +91,32 @@ impl TokenStore for MemoryStore {
     }
 
     fn publish<'a>(&'a self, key: &'a str, token: &'a SharedToken) -> StoreFuture<'a, ()> {
-        self.state().tokens.insert(key.to_owned(), token.clone());
+        // The notice under the state lock: an invalidation cannot come between.
+        let mut state = self.state();
+        state.tokens.insert(key.to_owned(), token.clone());
         self.watchers
             .heard(key, |heard| heard.token = Some(token.clone()));
+        drop(state);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn publish_and_unlock<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a SharedToken,
+        owner: &'a str,
+    ) -> StoreFuture<'a, ()> {
+        let mut state = self.state();
+        state.tokens.insert(key.to_owned(), token.clone());
+        let ours = Self::unlock_owned(&mut state, key, owner);
+        // One notice: the token, and the lock's end if it was ours.
+        self.watchers.heard(key, |heard| {
+            heard.token = Some(token.clone());
+            if ours {
+                heard.locked_until = None;
+            }
+        });
+        drop(state);
         Box::pin(async { Ok(()) })
     }
 
@@ -114,12 +149,7 @@ impl TokenStore for MemoryStore {
 
     fn unlock<'a>(&'a self, key: &'a str, owner: &'a str) -> StoreFuture<'a, ()> {
         let mut state = self.state();
-        if state
-            .locks
-            .get(key)
-            .is_some_and(|(holder, _)| holder == owner)
-        {
-            state.locks.remove(key);
+        if Self::unlock_owned(&mut state, key, owner) {
             self.watchers.heard(key, |heard| heard.locked_until = None);
         }
         Box::pin(async { Ok(()) })

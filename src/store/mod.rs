@@ -10,8 +10,8 @@
 //! 2. otherwise the cache takes the store's refresh lock (in the same operation as its
 //!    look, [`TokenStore::load_or_lock`], when it finds nothing), fetches, publishes the
 //!    token and releases the lock (again one operation,
-//!    [`TokenStore::publish_and_unlock`]); replicas that find the lock taken wait for the publication
-//!    instead of competing for it: a store that pushes notices ([`TokenStore::watch`]:
+//!    [`TokenStore::publish_and_unlock`]); replicas that find the lock taken wait for the
+//!    publication instead of competing for it: a store that pushes notices ([`TokenStore::watch`]:
 //!    [`MemoryStore`], and [`RedisStore`] through Redis pub/sub) wakes them with the new
 //!    token in the message, so they adopt it without reading the store, and they try
 //!    the lock again only when it is released without a token or when its TTL says its
@@ -111,25 +111,21 @@ pub trait TokenStore: Send + Sync + 'static {
     /// token published between the look and the lock) saves a fleet that starts cold one
     /// round trip per replica.
     ///
+    /// [`Found::Held`]'s duration, if given, counts from this answer and should not be
+    /// more than the lock's remaining life: a cache waits that long (at most its own lock
+    /// TTL) for the holder's token before it tries the lock itself.
+    ///
     /// The default: [`load`](Self::load), then [`try_lock`](Self::try_lock) if nothing is
-    /// stored (the lock's holder then publishes what it fetches; a token published between
-    /// the two is found by the holder's next look, so nothing is lost, only a read added).
+    /// stored, and once the lock is taken [`load`](Self::load) again, so that a token
+    /// published between the first read and the lock is returned (the lock released)
+    /// instead of being fetched again.
     fn load_or_lock<'a>(
         &'a self,
         key: &'a str,
         owner: &'a str,
         ttl: Duration,
     ) -> StoreFuture<'a, Found> {
-        Box::pin(async move {
-            if let Some(stored) = self.load(key).await? {
-                return Ok(Found::Token(stored));
-            }
-            Ok(if self.try_lock(key, owner, ttl).await? {
-                Found::Locked
-            } else {
-                Found::Held(None)
-            })
-        })
+        Box::pin(load_then_lock(self, key, owner, ttl))
     }
 
     /// Store `token` under `key` and release the refresh lock of `key` if `owner` still
@@ -137,17 +133,16 @@ pub trait TokenStore: Send + Sync + 'static {
     /// in one operation announces the token alone (its notice ends the lock, see
     /// [`Heard::locked_until`]) and saves the holder a round trip.
     ///
-    /// The default: [`publish`](Self::publish), then [`unlock`](Self::unlock).
+    /// The default: [`publish`](Self::publish), then [`unlock`](Self::unlock). If it fails,
+    /// the lock may still be held: the cache then releases it with
+    /// [`unlock`](Self::unlock).
     fn publish_and_unlock<'a>(
         &'a self,
         key: &'a str,
         token: &'a SharedToken,
         owner: &'a str,
     ) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            self.publish(key, token).await?;
-            self.unlock(key, owner).await
-        })
+        Box::pin(publish_then_unlock(self, key, token, owner))
     }
 
     /// What happens under `key`, pushed by the store as it happens: a receiver whose value
@@ -167,6 +162,41 @@ pub trait TokenStore: Send + Sync + 'static {
         let _ = key;
         Box::pin(async { Ok(None) })
     }
+}
+
+/// [`TokenStore::load_or_lock`] in three operations of one key each: a read, the lock if
+/// nothing is stored, and a read again once the lock is taken.
+pub(crate) async fn load_then_lock<S: TokenStore + ?Sized>(
+    store: &S,
+    key: &str,
+    owner: &str,
+    ttl: Duration,
+) -> Result<Found, BoxError> {
+    if let Some(stored) = store.load(key).await? {
+        return Ok(Found::Token(stored));
+    }
+    if !store.try_lock(key, owner, ttl).await? {
+        return Ok(Found::Held(None));
+    }
+    // Published between the read and the lock: return it, not the lock.
+    match store.load(key).await? {
+        Some(stored) => {
+            store.unlock(key, owner).await?;
+            Ok(Found::Token(stored))
+        }
+        None => Ok(Found::Locked),
+    }
+}
+
+/// [`TokenStore::publish_and_unlock`] in two operations of one key each.
+pub(crate) async fn publish_then_unlock<S: TokenStore + ?Sized>(
+    store: &S,
+    key: &str,
+    token: &SharedToken,
+    owner: &str,
+) -> Result<(), BoxError> {
+    store.publish(key, token).await?;
+    store.unlock(key, owner).await
 }
 
 /// What [`TokenStore::load_or_lock`] found.

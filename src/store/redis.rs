@@ -16,7 +16,10 @@ use tokio::sync::{watch, Mutex};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-use super::{unix_ms, Found, Heard, SharedToken, StoreFuture, TokenStore, Watchers};
+use super::{
+    load_then_lock, publish_then_unlock, unix_ms, Found, Heard, SharedToken, StoreFuture,
+    TokenStore, Watchers,
+};
 use crate::error::{BoxError, Error};
 
 /// Compare-and-delete: delete the token KEYS[1] only if it is still ARGV[1] (the token a
@@ -114,13 +117,15 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 ///   takes the lock ([`TokenStore::load_or_lock`]), and the holder publishes its token
 ///   and releases the lock together ([`TokenStore::publish_and_unlock`]), each one script.
 ///   On your own connection (which may be a Redis Cluster's, where one script may only
-///   touch keys of one slot) each is two operations, one key each.
+///   touch keys of one slot), or once Redis refused such a script (`CROSSSLOT`: a proxy in
+///   front of a cluster), each is several operations of one key each.
 /// * Notices ([`TokenStore::watch`]): taking the lock, publishing a token (which ends the
-///   lock) and releasing the lock without a token are announced on the channel
-///   `…:notices` (the token travels in the message), and a store made from a URL or a client listens on one pub/sub connection
-///   of its own, opened on the first refresh: a replica that finds the lock taken waits
-///   for the publication (and adopts the token from the message, without a `GET`)
-///   instead of polling. So a store holds two connections to Redis: 1,000 replicas
+///   lock), releasing the lock without a token and dropping a token after a 401 are
+///   announced on the channel `…:notices` (the token travels in the message), and a
+///   store made from a URL or a client listens on one pub/sub connection of its own,
+///   opened on the first refresh: a replica that finds the lock taken waits for the
+///   publication (and adopts the token from the message, without a `GET`) instead of
+///   polling. So a store holds two connections to Redis: 1,000 replicas
 ///   are 2,000 clients (Redis accepts 10,000 by default). A store on your own
 ///   connection ([`with_connection`](Self::with_connection)) does not listen: its
 ///   replicas poll while they wait. An ACL user needs the channel permission
@@ -169,6 +174,8 @@ pub struct RedisStore {
     lock: Arc<Script>,
     unlock: Arc<Script>,
     publish: Arc<Script>,
+    /// Set once Redis refused a script on two keys (`CROSSSLOT`): one key per script.
+    one_key: Arc<AtomicBool>,
 }
 
 /// Where the store's connection comes from.
@@ -274,6 +281,7 @@ impl RedisStore {
             lock: Arc::new(Script::new(LOCK)),
             unlock: Arc::new(Script::new(UNLOCK)),
             publish: Arc::new(Script::new(PUBLISH)),
+            one_key: Arc::default(),
         }
     }
 
@@ -318,10 +326,24 @@ impl RedisStore {
 
     /// Whether each script must touch one key only: on the application's connection,
     /// which may be a Redis Cluster's, where the keys of one script must share a slot
-    /// (the token's key and its lock's do not). The look and the publication are then two
-    /// operations each.
+    /// (the token's key and its lock's do not), or once Redis refused a script on both
+    /// (a proxy in front of a cluster). The look and the publication are then several
+    /// operations of one key each.
     fn one_key_per_script(&self) -> bool {
-        matches!(self.connection, Connection::Given(_))
+        matches!(self.connection, Connection::Given(_)) || self.one_key.load(Ordering::Relaxed)
+    }
+
+    /// Whether `error` is Redis refusing a script whose keys are in two slots
+    /// (`CROSSSLOT`, refused before it runs): if so, this store uses one key per script
+    /// from now on.
+    fn keys_span_slots(&self, error: &BoxError) -> bool {
+        let cross_slot = error.downcast_ref::<redis::RedisError>().is_some_and(|e| {
+            e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::CrossSlot)
+        });
+        if cross_slot {
+            self.one_key.store(true, Ordering::Relaxed);
+        }
+        cross_slot
     }
 
     /// Run the lock script: take the lock of `key` for `owner` for `ttl`, unless `look`
@@ -350,13 +372,10 @@ impl RedisStore {
             Value::Int(left) => Found::Held(Some(Duration::from_millis(
                 u64::try_from(left).unwrap_or(0),
             ))),
-            stored => {
-                let stored = Zeroizing::new(redis::from_redis_value::<String>(stored)?);
-                match SharedToken::decode(&stored) {
-                    Ok(token) => Found::Token(token),
-                    Err(_) => Box::pin(self.lock(key, owner, ttl, false)).await?,
-                }
-            }
+            stored => match decode(redis::from_redis_value(stored)?) {
+                Some(token) => Found::Token(token),
+                None => Box::pin(self.lock(key, owner, ttl, false)).await?,
+            },
         })
     }
 
@@ -475,6 +494,15 @@ impl Drop for Ended {
     }
 }
 
+/// A stored value as a token, if this version can read it (another program's value, or
+/// bytes that are not UTF-8, count as none). The bytes are wiped either way.
+fn decode(stored: Vec<u8>) -> Option<SharedToken> {
+    let stored = Zeroizing::new(stored);
+    std::str::from_utf8(&stored)
+        .ok()
+        .and_then(|s| SharedToken::decode(s).ok())
+}
+
 /// One notice heard on `channel`: a published token, a lock taken for some milliseconds,
 /// a lock released, or the token dropped after a 401. Anything else is ignored.
 fn hear(watchers: &Watchers, channel: &str, payload: &str) {
@@ -503,11 +531,11 @@ impl TokenStore for RedisStore {
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<SharedToken>> {
         Box::pin(async move {
             let mut connection = self.connection().await?;
-            let stored: Option<String> = redis::cmd("GET")
+            let stored: Option<Vec<u8>> = redis::cmd("GET")
                 .arg(self.key(key))
                 .query_async(&mut connection)
                 .await?;
-            Ok(stored.and_then(|s| SharedToken::decode(&s).ok()))
+            Ok(stored.and_then(decode))
         })
     }
 
@@ -522,11 +550,13 @@ impl TokenStore for RedisStore {
         owner: &'a str,
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            if self.one_key_per_script() {
-                self.publish_token(key, token, None).await?;
-                return self.unlock(key, owner).await;
+            if !self.one_key_per_script() {
+                match self.publish_token(key, token, Some(owner)).await {
+                    Err(error) if self.keys_span_slots(&error) => {}
+                    done => return done,
+                }
             }
-            self.publish_token(key, token, Some(owner)).await
+            publish_then_unlock(self, key, token, owner).await
         })
     }
 
@@ -549,13 +579,13 @@ impl TokenStore for RedisStore {
         ttl: Duration,
     ) -> StoreFuture<'a, Found> {
         Box::pin(async move {
-            if self.one_key_per_script() {
-                if let Some(stored) = self.load(key).await? {
-                    return Ok(Found::Token(stored));
+            if !self.one_key_per_script() {
+                match self.lock(key, owner, ttl, true).await {
+                    Err(error) if self.keys_span_slots(&error) => {}
+                    found => return found,
                 }
-                return self.lock(key, owner, ttl, false).await;
             }
-            self.lock(key, owner, ttl, true).await
+            load_then_lock(self, key, owner, ttl).await
         })
     }
 

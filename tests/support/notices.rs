@@ -69,8 +69,8 @@ pub async fn notices_follow_the_lock_and_the_token(store: &dyn TokenStore, key: 
 
 /// `load_or_lock` takes the lock when nothing is stored and says how long another holder
 /// keeps it; `publish_and_unlock` stores the token and releases its owner's lock (only
-/// its owner's), and its notice says both; a look at a stored token returns it and leaves
-/// the lock alone.
+/// its owner's), after which the notices say both (the token, the lock ended); a look at
+/// a stored token returns it and leaves the lock alone.
 pub async fn one_look_and_one_publication(store: &dyn TokenStore, key: &str) {
     let mut heard = store
         .watch(key)
