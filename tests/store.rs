@@ -726,3 +726,24 @@ async fn the_default_look_returns_a_token_published_between_its_read_and_its_loc
         "the lock was given back"
     );
 }
+
+/// `TokenCache::invalidate` on a cache with a store: the dead token is deleted from the
+/// store too, and the next `token()` fetches a new one instead of adopting the dead one
+/// back (from the store, or from the notices of the store).
+#[tokio::test(start_paused = true)]
+async fn an_invalidated_token_is_not_adopted_back_from_the_store() {
+    let fake = FakeDocplanner::builder().in_process();
+    let key = fake.credentials().unwrap().store_key();
+    let store = MemoryStore::new();
+    let fleet = caches(&fake, store.clone(), 2);
+    let (a, b) = (&fleet[0].0, &fleet[1].0);
+    let dead = a.token().await.unwrap();
+    assert!(b.token().await.unwrap().same_secret(&dead), "adopted");
+    fake.revoke_all_tokens();
+    assert!(a.invalidate(&dead));
+    let fresh = a.token().await.unwrap();
+    assert!(!fresh.same_secret(&dead), "the dead token came back");
+    assert_eq!(fake.stats().token_requests, 2);
+    let stored = store.load(key.as_str()).await.unwrap().unwrap();
+    assert!(stored.is(&fresh), "the store holds the new token");
+}

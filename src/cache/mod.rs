@@ -669,19 +669,22 @@ impl Shared {
         Rejection::Refreshing
     }
 
-    /// Drop the token `used` if it is current (compare-and-swap).
+    /// Drop the token `used` if it is current (compare-and-swap). It is then known as
+    /// rejected, as after a 401: a cache with a store deletes it there (compare-and-delete)
+    /// instead of adopting it back from the store or its notices.
     fn invalidate(&self, used: u64) -> bool {
-        let _slow = self.lock();
+        let mut slow = self.lock();
         let current = self.current.load_full();
-        if current.as_deref().is_none_or(|e| e.token.id() != used) {
+        let Some(entry) = current.as_deref().filter(|e| e.token.id() == used) else {
             return false;
-        }
+        };
         let previous = self.current.compare_and_swap(&current, None);
         let dropped = match (previous.as_ref(), current.as_ref()) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             _ => false,
         };
         if dropped {
+            slow.rejected = Some(entry.token.clone());
             self.observer.invalidated();
         }
         dropped
