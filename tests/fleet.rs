@@ -822,3 +822,47 @@ async fn replicas_on_a_cluster_connection_share_one_token() {
         );
     }
 }
+
+/// Keys no replica of this fleet wrote do not stop the sharing: a lock with an expiry far
+/// longer than the lock's TTL (no replica with these settings took it) is taken over like
+/// one without expiry, and a token key of another type (a hash: `WRONGTYPE` to `GET`)
+/// counts as no token and is overwritten. Each: 4 replicas, one token request, three
+/// adoptions, no store fault, the lock released (before: 20 s of waiting and 4 lone
+/// fetches on every refresh, and a store fault on every look, for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ghost_lock_or_a_token_key_of_another_type_does_not_stop_sharing() {
+    let Some(redis) =
+        RedisServer::start("a_ghost_lock_or_a_token_key_of_another_type_does_not_stop_sharing")
+    else {
+        return;
+    };
+    for case in ["ghost lock", "hash token key"] {
+        redis.command(&["FLUSHALL"]).await;
+        let fake = FakeDocplanner::builder().in_process();
+        let key = fake.credentials().unwrap().store_key();
+        let lock = format!("{}:lock", key.as_str());
+        match case {
+            "ghost lock" => {
+                redis
+                    .command(&["SET", &lock, "ghost", "PX", "3600000"])
+                    .await
+            }
+            _ => redis.command(&["HSET", key.as_str(), "f", "v"]).await,
+        };
+        let fleet = replicas(&fake, &redis.url(), 4);
+        let served = tokio::time::timeout(Duration::from_secs(10), load(&fake, &fleet, 5))
+            .await
+            .unwrap_or_else(|_| panic!("{case}: the replicas waited on a lock nobody releases"));
+        assert_eq!(served, 20, "{case}");
+        assert_eq!(fake.stats().token_requests, 1, "{case}");
+        let adopted: u64 = fleet.iter().map(|r| r.cache.stats().store_adoptions).sum();
+        assert_eq!(adopted, 3, "{case}");
+        let faults: u64 = fleet.iter().map(|r| r.cache.stats().store_faults).sum();
+        assert_eq!(faults, 0, "{case}");
+        assert_eq!(
+            redis.command(&["EXISTS", &lock]).await,
+            redis::Value::Int(0),
+            "{case}: the lock was released"
+        );
+    }
+}

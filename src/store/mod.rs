@@ -112,8 +112,9 @@ pub trait TokenStore: Send + Sync + 'static {
     /// round trip per replica.
     ///
     /// [`Found::Held`]'s duration, if given, counts from this answer and should not be
-    /// more than the lock's remaining life: a cache waits that long (at most its own lock
-    /// TTL) for the holder's token before it tries the lock itself.
+    /// more than the lock's remaining life: a cache whose store pushes notices waits that
+    /// long (at most its own lock TTL) for the holder's token, or for the lock's release,
+    /// before it tries the lock itself; one whose store pushes none polls it as usual.
     ///
     /// The default: [`load`](Self::load), then [`try_lock`](Self::try_lock) if nothing is
     /// stored, and once the lock is taken [`load`](Self::load) again, so that a token
@@ -208,8 +209,8 @@ pub enum Found {
     /// No token is stored, and the refresh lock is now the caller's.
     Locked,
     /// No token is stored, and another replica holds the refresh lock: for at most this
-    /// long, if the store says (a cache then waits for that replica's token instead of
-    /// trying the lock again before it hears of it).
+    /// long, if the store says (a cache whose store pushes notices then waits for that
+    /// replica's token instead of trying the lock again before it hears of it).
     Held(Option<Duration>),
 }
 

@@ -41,22 +41,24 @@ return 0
 /// ([`TokenStore::load_or_lock`]: a first look in one round trip).
 /// Returns the stored token (a string), -1 if the lock is now ARGV[1]'s, else the
 /// milliseconds its holder still keeps it.
-/// A lock key without an expiry (PTTL -1: an operator's `SET`, a restored dump) has no
-/// owner that will ever release it: it is treated as dead and taken over, so the refresh
+/// A lock key without an expiry (PTTL -1: an operator's `SET`, a restored dump), or with
+/// one longer than the lock's TTL (no replica with these settings took it), has no owner
+/// that will release it in time: it is treated as dead and taken over, so the refresh
 /// goes on and its token is published instead of every replica waiting, then fetching
-/// alone, on each refresh.
+/// alone, on each refresh. A token key of another type (`WRONGTYPE`) counts as no token:
+/// the publication overwrites it.
 /// Notices use `pcall`: an ACL user without the channel permission still locks (its
 /// replicas then poll instead of being pushed to).
 const LOCK: &str = r#"
 if KEYS[2] then
-    local stored = redis.call('GET', KEYS[2])
-    if stored then
+    local stored = redis.pcall('GET', KEYS[2])
+    if type(stored) == 'string' then
         return stored
     end
 end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
     local left = redis.call('PTTL', KEYS[1])
-    if left ~= -1 then
+    if left ~= -1 and left <= tonumber(ARGV[2]) then
         return left
     end
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -68,7 +70,7 @@ return -1
 /// Release the refresh lock KEYS[1] if owner ARGV[1] still holds it, and say so on the
 /// notice channel ARGV[2] (`released`).
 const UNLOCK: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+if redis.pcall('GET', KEYS[1]) == ARGV[1] then
     redis.call('DEL', KEYS[1])
     redis.pcall('PUBLISH', ARGV[2], 'released')
     return 1
@@ -83,7 +85,7 @@ return 0
 /// no `released` notice follows.
 const PUBLISH: &str = r#"
 redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
-if KEYS[2] and redis.call('GET', KEYS[2]) == ARGV[4] then
+if KEYS[2] and redis.pcall('GET', KEYS[2]) == ARGV[4] then
     redis.call('DEL', KEYS[2])
 end
 redis.pcall('PUBLISH', ARGV[3], 'token ' .. ARGV[1])
