@@ -279,3 +279,49 @@ async fn a_healthy_store_never_says_it_works_again() {
     assert!(text.contains("new access token stored"), "{text}");
     assert!(!text.contains("works again"), "{text}");
 }
+
+/// A store fault's log line says why, in the store's own words (scrubbed: a word that
+/// looks like a credential is withheld), once per episode.
+#[tokio::test]
+async fn a_store_fault_is_logged_with_its_cause_scrubbed() {
+    use docplanner_auth::store::{MemoryStore, SharedToken, StoreFuture, TokenStore};
+    struct Refusing(MemoryStore);
+    impl TokenStore for Refusing {
+        fn load<'a>(&'a self, _: &'a str) -> StoreFuture<'a, Option<SharedToken>> {
+            Box::pin(async {
+                Err("WRONGTYPE Operation against a key holding sk4Lm9Qz7Xw2Rt8Yp3Nv6Bc1".into())
+            })
+        }
+        fn publish<'a>(&'a self, key: &'a str, token: &'a SharedToken) -> StoreFuture<'a, ()> {
+            self.0.publish(key, token)
+        }
+        fn try_lock<'a>(
+            &'a self,
+            key: &'a str,
+            owner: &'a str,
+            ttl: std::time::Duration,
+        ) -> StoreFuture<'a, bool> {
+            self.0.try_lock(key, owner, ttl)
+        }
+        fn unlock<'a>(&'a self, key: &'a str, owner: &'a str) -> StoreFuture<'a, ()> {
+            self.0.unlock(key, owner)
+        }
+        fn invalidate<'a>(&'a self, key: &'a str, token: &'a SharedToken) -> StoreFuture<'a, bool> {
+            self.0.invalidate(key, token)
+        }
+    }
+    let (captured, _guard) = Captured::install(tracing::Level::TRACE);
+    let fake = FakeDocplanner::builder().in_process();
+    let credentials = fake.credentials().unwrap();
+    let key = credentials.store_key();
+    let cache = docplanner_auth::TokenCache::builder(credentials)
+        .store(Refusing(MemoryStore::new()), key)
+        .build();
+    cache.token().await.unwrap();
+    assert_eq!(fake.stats().token_requests, 1, "fetched alone");
+    assert_eq!(cache.stats().store_faults, 1);
+    let text = captured.text();
+    assert!(text.contains("token store fault"), "{text}");
+    assert!(text.contains("WRONGTYPE Operation against a key"), "{text}");
+    assert!(!text.contains("sk4Lm9Qz7Xw2Rt8Yp3Nv6Bc1"), "{text}");
+}

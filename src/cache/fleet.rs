@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::observe::Observer;
-use crate::error::{BoxError, Error, Kind};
+use crate::error::{scrub, BoxError, Error, Kind};
 use tokio::sync::watch;
 
 use crate::store::{Found, Heard, SharedToken, StoreKey, TokenStore};
@@ -95,9 +95,14 @@ impl Fleet {
     ) -> Result<T, ()> {
         let result = match tokio::time::timeout(self.timeout, op).await {
             Ok(Ok(value)) => Ok(value),
+            // The store's own words (scrubbed: shortened, credential-like words out), so
+            // that the log says why (`WRONGTYPE`, `NOPERM`, a refused password…).
             Ok(Err(error)) => Err(Error::with_source(
                 Kind::Store,
-                format!("the token store failed to {what}; fetching tokens without it meanwhile"),
+                format!(
+                    "the token store failed to {what} ({}); fetching tokens without it meanwhile",
+                    scrub(&error.to_string(), 200, &[])
+                ),
                 error,
             )),
             Err(_) => Err(Error::new(
