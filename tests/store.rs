@@ -247,12 +247,14 @@ async fn a_memory_store_pushes_its_notices() {
 
 /// A `MemoryStore` seen through a store that records when it is read and pushes either no
 /// notices at all, or (`tokens_heard`) only the tokens published, never the refresh lock
-/// (as if its lock notices were lost).
+/// (as if its lock notices were lost); with `raced_by`, another replica publishes that
+/// token (and releases its lock) just before each lock attempt.
 #[derive(Clone, Default)]
 struct Probe {
     inner: MemoryStore,
     reads: Arc<Mutex<Vec<Instant>>>,
     tokens_heard: bool,
+    raced_by: Option<SharedToken>,
 }
 
 impl Probe {
@@ -289,7 +291,12 @@ impl TokenStore for Probe {
         owner: &'a str,
         ttl: Duration,
     ) -> StoreFuture<'a, bool> {
-        self.inner.try_lock(key, owner, ttl)
+        Box::pin(async move {
+            if let Some(raced_by) = &self.raced_by {
+                self.inner.publish(key, raced_by).await?;
+            }
+            self.inner.try_lock(key, owner, ttl).await
+        })
     }
     fn unlock<'a>(&'a self, key: &'a str, owner: &'a str) -> StoreFuture<'a, ()> {
         self.inner.unlock(key, owner)
@@ -675,51 +682,24 @@ async fn a_store_that_says_the_lock_is_held_forever_is_waited_on_for_one_lock_tt
 /// between its read and its lock is returned (and the lock given back), not fetched again.
 #[tokio::test]
 async fn the_default_look_returns_a_token_published_between_its_read_and_its_lock() {
-    #[derive(Clone, Default)]
-    struct Racing(MemoryStore);
-    impl TokenStore for Racing {
-        fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<SharedToken>> {
-            self.0.load(key)
-        }
-        fn publish<'a>(&'a self, key: &'a str, token: &'a SharedToken) -> StoreFuture<'a, ()> {
-            self.0.publish(key, token)
-        }
-        /// Another replica publishes (and releases its lock) just before this one locks.
-        fn try_lock<'a>(
-            &'a self,
-            key: &'a str,
-            owner: &'a str,
-            ttl: Duration,
-        ) -> StoreFuture<'a, bool> {
-            Box::pin(async move {
-                let token = AccessToken::new("r4ced", Duration::from_secs(60))?;
-                self.0
-                    .publish(key, &SharedToken::from_token(&token))
-                    .await?;
-                self.0.try_lock(key, owner, ttl).await
-            })
-        }
-        fn unlock<'a>(&'a self, key: &'a str, owner: &'a str) -> StoreFuture<'a, ()> {
-            self.0.unlock(key, owner)
-        }
-        fn invalidate<'a>(&'a self, key: &'a str, token: &'a SharedToken) -> StoreFuture<'a, bool> {
-            self.0.invalidate(key, token)
-        }
-    }
-    let store = Racing::default();
+    let raced = AccessToken::new("r4ced", Duration::from_secs(60)).unwrap();
+    let store = Probe {
+        raced_by: Some(SharedToken::from_token(&raced)),
+        ..Probe::default()
+    };
     match store
         .load_or_lock("k", "a", Duration::from_secs(5))
         .await
         .unwrap()
     {
         Found::Token(stored) => {
-            assert!(stored.is(&AccessToken::new("r4ced", Duration::from_secs(60)).unwrap()))
+            assert!(stored.is(&raced))
         }
         other => panic!("the token published meanwhile was reported as {other:?}"),
     }
     assert!(
         store
-            .0
+            .inner
             .try_lock("k", "b", Duration::from_secs(5))
             .await
             .unwrap(),
